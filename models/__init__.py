@@ -1,0 +1,1 @@
+"""Complex-valued models: the building blocks (``models.complex``), architectures and checkpoints."""

@@ -1,0 +1,1 @@
+"""Model-serving web service."""

@@ -1,0 +1,1 @@
+"""Data sets: CIFAR/SVHN/image folders, MusicNet layout, corpus renderer."""
