@@ -17,13 +17,18 @@ from .layout import real_imag
 
 
 def block_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(2, out, in, *k) real/imag weight -> (2*out, 2*in, *k) real block weight [[A, -B], [B, A]]."""
-    a, b = weight[0], weight[1]
+    """(2*out, in, *k) weight [A; B] (real rows, then imaginary rows) -> (2*out, 2*in, *k) block [[A, -B], [B, A]]."""
+    a, b = weight.chunk(2, dim=0)
     return torch.cat([torch.cat([a, -b], dim=1), torch.cat([b, a], dim=1)], dim=0)
 
 
 class _ComplexWeightMixin:
-    """Storage shared by every complex layer: weight (2, out, in, *k) and bias (2*out,) = [re | im]."""
+    """Storage shared by every complex layer: weight (2*out, in, *k) = [A; B] and bias (2*out,) = [re | im].
+
+    Real and imaginary filters are stacked along the output dim so the weight keeps the rank of a real
+    conv weight: ``model.to(memory_format=torch.channels_last)`` and weight-decay/optimiser code treat it
+    like any other conv weight.
+    """
 
     weight: nn.Parameter
     bias: nn.Parameter | None
@@ -31,20 +36,23 @@ class _ComplexWeightMixin:
     def _init_complex_parameters(self, shape: tuple[int, ...], bias: bool, criterion: str, mode: str,
                                  device=None, dtype=None) -> None:
         self.criterion, self.init_mode = criterion, mode
-        self.weight = nn.Parameter(torch.empty((2, *shape), device=device, dtype=dtype))
+        self.weight = nn.Parameter(torch.empty((2 * shape[0], *shape[1:]), device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(2 * shape[0], device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        w = complex_init_(torch.empty(self.weight.shape[1:], dtype=torch.complex128), self.criterion, self.init_mode)
-        self.weight.copy_(torch.stack([w.real, w.imag]).to(self.weight.dtype))
+        out = self.weight.shape[0] // 2
+        w = complex_init_(torch.empty((out, *self.weight.shape[1:]), dtype=torch.complex128),
+                          self.criterion, self.init_mode)
+        self.weight.copy_(torch.cat([w.real, w.imag]).to(self.weight.dtype))
         if self.bias is not None:
             self.bias.zero_()
 
     def complex_weight(self) -> torch.Tensor:
         """The weight as a native complex tensor (out, in, *kernel)."""
-        return torch.complex(self.weight[0], self.weight[1])
+        a, b = self.weight.chunk(2, dim=0)
+        return torch.complex(a, b)
 
     def complex_bias(self) -> torch.Tensor | None:
         if self.bias is None:
@@ -79,7 +87,7 @@ class _ComplexConvNd(_ComplexWeightMixin, nn.Module):
         # Grouped: a single real grouped conv would mix real and imaginary groups, so use the 4 products.
         xr, xi = real_imag(x)
         args = (None, self.stride, self.padding, self.dilation, self.groups)
-        a, b = self.weight[0], self.weight[1]
+        a, b = self.weight.chunk(2, dim=0)
         out = torch.cat([conv(xr, a, *args) - conv(xi, b, *args), conv(xr, b, *args) + conv(xi, a, *args)], 1)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, *([1] * self._dims))
