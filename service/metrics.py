@@ -1,0 +1,56 @@
+"""Prometheus instruments, on a registry per app (several apps in one process must not share counters)."""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+THROUGHPUT_WINDOW_S = 10.0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("dcn_requests", "HTTP requests by route and status", ["route", "method", "status"],
+                                registry=r)
+        self.latency = Histogram("dcn_request_latency_seconds", "HTTP request latency", ["route"], registry=r)
+        self.queue_depth = Gauge("dcn_queue_depth", "items (images or audio windows) waiting for a batch",
+                                 ["model"], registry=r)
+        self.batch_size = Histogram("dcn_batch_size", "items per forward pass", ["model"], buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.batch_latency = Histogram("dcn_batch_latency_seconds", "forward-pass time per batch", ["model"],
+                                       registry=r)
+        self.items = Counter("dcn_items", "items processed by forward passes", ["model"], registry=r)
+        self.items_per_second = Gauge("dcn_items_per_second",
+                                      f"items processed per second over the last {THROUGHPUT_WINDOW_S:g} s",
+                                      ["model"], registry=r)
+        self.rejected = Counter("dcn_rejected", "requests not served: queue_full, timeout, disconnected",
+                                ["model", "reason"], registry=r)
+        self.ready = Gauge("dcn_ready", "1 when all models are loaded and warmed up", registry=r)
+        self._recent: dict[str, deque[tuple[float, int]]] = {}
+
+    def watch_model(self, model: str, depth: Callable[[], float]) -> Callable[[int, float], None]:
+        """Wire one batcher's gauges; returns its on_batch hook."""
+        self.queue_depth.labels(model).set_function(depth)
+        recent = self._recent.setdefault(model, deque())
+        self.items_per_second.labels(model).set_function(lambda: self._rate(recent))
+        batch_size, batch_latency, items = (self.batch_size.labels(model), self.batch_latency.labels(model),
+                                            self.items.labels(model))
+
+        def on_batch(n: int, seconds: float) -> None:
+            batch_size.observe(n)
+            batch_latency.observe(seconds)
+            items.inc(n)
+            recent.append((time.monotonic(), n))
+        return on_batch
+
+    @staticmethod
+    def _rate(recent: deque[tuple[float, int]]) -> float:
+        now = time.monotonic()
+        while recent and recent[0][0] < now - THROUGHPUT_WINDOW_S:
+            recent.popleft()
+        return sum(n for _, n in recent) / THROUGHPUT_WINDOW_S

@@ -1,0 +1,64 @@
+"""Response shapes, for validation and for the OpenAPI document at /docs."""
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what was wrong")
+
+
+class ClassifyResult(BaseModel):
+    filename: str
+    label: str = Field(description="most probable class")
+    confidence: float = Field(description="probability of that class")
+    probabilities: dict[str, float] = Field(description="class name -> probability, summing to 1")
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    results: list[ClassifyResult] = Field(description="one per uploaded file, in upload order")
+
+
+class Note(BaseModel):
+    onset: float = Field(description="seconds")
+    offset: float = Field(description="seconds")
+    pitch: int = Field(description="MIDI note number")
+    confidence: float = Field(description="mean frame probability over the note")
+
+
+class TranscribeResponse(BaseModel):
+    model: str
+    duration: float = Field(description="length of the recording, seconds")
+    sample_rate: int = Field(description="rate the model analysed the audio at (Hz); uploads are resampled to it")
+    frame_rate: float = Field(description="frames per second")
+    times: list[float] = Field(description="frame centres, seconds")
+    pitches: list[int] = Field(description="MIDI note numbers of the probability columns")
+    probabilities: list[list[float]] = Field(
+        description="probabilities[i][j]: probability that pitches[j] sounds at times[i]")
+    notes: list[Note]
+
+
+class ModelInfo(BaseModel, extra="allow"):
+    name: str
+    task: str
+    route: str
+    arch: str | None
+    checkpoint: str
+    sha256: str
+    parameters: int
+    device: str
+    metrics: dict = Field(description="evaluation metrics recorded with the checkpoint (as in the model card)")
+    model_card: str | None
+    labels: list[str] | None = Field(None, description="classifier: class names")
+    input_size: list[int] | None = Field(None, description="classifier: [H, W] the images are resized to")
+    pitches: list[int] | None = Field(None, description="transcriber: MIDI numbers of the output columns")
+    pitch_range: list[int] | None = Field(None, description="transcriber: [lowest, highest] MIDI number")
+    sample_rate: int | None = Field(None, description="transcriber: model input rate (Hz)")
+    hop_length: int | None = None
+    frame_rate: float | None = Field(None, description="transcriber: frames per second")
+    window_seconds: float | None = Field(None, description="transcriber: audio per batched window")
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
