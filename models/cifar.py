@@ -1,0 +1,257 @@
+"""CIFAR-10 classifiers: the paper's complex ResNet, its real-valued baseline, and a fast complex ResNet-9.
+
+All feature maps inside the complex models use the [real | imag] channel layout of ``models.complex``:
+a width of C complex channels is a real tensor with 2C channels. Every model takes float images in
+[0, 1], (N, 3, H, W), and normalises them itself, so the one inference entry point ``classify``
+(uint8 in, probabilities out) is the same for all of them.
+
+- ``ComplexResNet`` (paper section 3.6, "complex_resnet"): the imaginary part of the input is learned
+  by a real BN-ReLU-1x1 conv block applied twice; then a complex conv, three stages of pre-activation
+  complex residual blocks (complex BN, CReLU, complex conv) with widths C, 2C, 4C, a downsampling
+  block between stages whose output concatenates a strided 1x1 projection of its input with the
+  residual branch (doubling the width), global average pooling and a real linear layer on the
+  concatenated real and imaginary parts. ``paper_resnet_config`` gives the WS/IB/DN variants.
+- ``RealResNet`` ("real_resnet"): the same network with real layers, width chosen for the same
+  parameter budget (the paper's baseline).
+- ``ComplexResNet9`` ("complex_resnet9"): the shipped model. The DAWNBench ResNet-9 layout (Page,
+  2018: conv-pool-BN stages, two residual blocks, max-pool head, scaled logits) made complex
+  throughout its body: complex convs, complex BN, CReLU, max-pooling by modulus.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.checkpoint import register_architecture
+from models.complex import ComplexBatchNorm2d, ComplexConv2d, ComplexMaxPool2d, CReLU, real_imag
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # same numbers as training/data/cifar.py (the model must not import training)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Real-valued trainable parameters (a complex weight counts twice), the unit the paper reports."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; constants from the config, so not part of the state_dict."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class LearnedImaginary(nn.Module):
+    """Paper 3.6: imag = (BN-ReLU-1x1 conv) twice, on the real image; returns [real | imag] with C complex channels."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 1, bias=False),
+            nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.block(x)], dim=1)
+
+
+def complex_cat(*xs: torch.Tensor) -> torch.Tensor:
+    """Concatenate complex feature maps along channels: [r1, r2, ... | i1, i2, ...], not [r1 | i1 | r2 | i2]."""
+    parts = [real_imag(x) for x in xs]
+    return torch.cat([p[0] for p in parts] + [p[1] for p in parts], dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The paper's ResNets (complex and real), built from one description: kind selects the layer family.
+
+
+def _layers(kind: str):
+    """(conv, bn, act, channel multiplier of the tensor layout) for "complex" or "real"."""
+    if kind == "complex":
+        return (lambda i, o, k, s=1: ComplexConv2d(i, o, k, stride=s, padding=k // 2, bias=False, criterion="he"),
+                ComplexBatchNorm2d, CReLU, 2)
+    if kind == "real":
+        return (lambda i, o, k, s=1: nn.Conv2d(i, o, k, stride=s, padding=k // 2, bias=False),
+                nn.BatchNorm2d, nn.ReLU, 1)
+    raise ValueError(f"kind must be 'complex' or 'real', got {kind!r}")
+
+
+class PreActBlock(nn.Module):
+    """BN-act-conv-BN-act-conv plus identity; with ``downsample`` the first conv has stride 2 and the
+    output is cat(strided 1x1 projection of the input, residual branch): twice the width (paper's code)."""
+
+    def __init__(self, kind: str, width: int, downsample: bool = False) -> None:
+        super().__init__()
+        conv, bn, act, _ = _layers(kind)
+        self.kind, self.downsample = kind, downsample
+        self.bn1, self.act1 = bn(width), act()
+        self.conv1 = conv(width, width, 3, 2 if downsample else 1)
+        self.bn2, self.act2 = bn(width), act()
+        self.conv2 = conv(width, width, 3)
+        self.projection = conv(width, width, 1, 2) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.act2(self.bn2(self.conv1(self.act1(self.bn1(x))))))
+        if self.projection is None:
+            return x + out
+        shortcut = self.projection(x)
+        return complex_cat(shortcut, out) if self.kind == "complex" else torch.cat([shortcut, out], dim=1)
+
+
+class _PaperResNet(nn.Module):
+    kind = ""
+
+    def __init__(self, width: int = 16, blocks_per_stage: int = 9, num_classes: int = 10,
+                 mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD) -> None:
+        super().__init__()
+        conv, bn, act, mult = _layers(self.kind)
+        self.normalize = Normalize(mean, std)
+        # complex: learn the imaginary part, 3 complex input channels; real: the 3 channels as they are
+        self.input_imag = LearnedImaginary(3) if self.kind == "complex" else nn.Identity()
+        self.stem = nn.Sequential(conv(3, width, 3), bn(width), act())
+        blocks: list[nn.Module] = []
+        for stage in range(3):
+            w = width * 2**stage
+            blocks += [PreActBlock(self.kind, w) for _ in range(blocks_per_stage)]
+            if stage < 2:
+                blocks.append(PreActBlock(self.kind, w, downsample=True))  # -> 2w channels, half the resolution
+        self.blocks = nn.Sequential(*blocks)
+        final = width * 4
+        # Final BN-act as in pre-activation ResNets (He et al., 2016), so the head sees normalised features.
+        self.head_norm = nn.Sequential(bn(final), act())
+        self.fc = nn.Linear(mult * final, num_classes)  # on the concatenated real and imaginary parts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(self.input_imag(self.normalize(x))))
+        x = F.adaptive_avg_pool2d(self.head_norm(x), 1).flatten(1)  # average pooling is complex-linear
+        return self.fc(x)
+
+
+@register_architecture("complex_resnet")
+class ComplexResNet(_PaperResNet):
+    kind = "complex"
+
+
+@register_architecture("real_resnet")
+class RealResNet(_PaperResNet):
+    kind = "real"
+
+
+# Width (complex filters in the first stage) and residual blocks per stage of the paper's three shapes:
+# wide-shallow, in-between, deep-narrow. Widths 18/16/14 as in the paper; blocks per stage set so each
+# complex model has ~1.7M real parameters with this block layout (see tests/models/test_cifar_models.py).
+# The real baseline keeps the depth and takes the width that gives the same parameter count
+# (a complex conv of C channels has 2C^2 k^2 weights, a real one of sqrt(2)C the same).
+PAPER_VARIANTS = {
+    "WS": {"complex_width": 18, "real_width": 25, "blocks_per_stage": 7},
+    "IB": {"complex_width": 16, "real_width": 23, "blocks_per_stage": 9},
+    "DN": {"complex_width": 14, "real_width": 20, "blocks_per_stage": 12},
+}
+
+
+def paper_resnet_config(variant: str = "IB", kind: str = "complex", num_classes: int = 10) -> dict[str, Any]:
+    """Constructor kwargs of ComplexResNet / RealResNet for the paper's WS, IB or DN shape."""
+    v = PAPER_VARIANTS[variant.upper()]
+    return {"width": v[f"{kind}_width"], "blocks_per_stage": v["blocks_per_stage"], "num_classes": num_classes}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The shipped model: complex ResNet-9
+
+
+class ComplexConvBN(nn.Sequential):
+    """complex conv 3x3 -> (max-pool by modulus) -> complex BN -> CReLU; pooling before BN is 4x cheaper."""
+
+    def __init__(self, c_in: int, c_out: int, pool: bool = False) -> None:
+        layers: list[nn.Module] = [ComplexConv2d(c_in, c_out, 3, padding=1, bias=False, criterion="he")]
+        if pool:
+            layers.append(ComplexMaxPool2d(2))
+        layers += [ComplexBatchNorm2d(c_out), CReLU()]
+        super().__init__(*layers)
+
+
+class ComplexResidual(nn.Module):
+    """x + (conv-BN-CReLU)^2 (x), post-activation as in the DAWNBench ResNet-9."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(ComplexConvBN(channels, channels), ComplexConvBN(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+@register_architecture("complex_resnet9")
+class ComplexResNet9(nn.Module):
+    """widths = complex channels of prep, layer1, layer2, layer3; (32, 64, 128, 256) has the FLOPs of the
+    real ResNet-9 with 64/128/256/512 channels and half its parameters (3.3M)."""
+
+    def __init__(self, widths: tuple[int, int, int, int] | list[int] = (32, 64, 128, 256), num_classes: int = 10,
+                 logit_scale: float = 0.125, mean: tuple[float, ...] = CIFAR10_MEAN,
+                 std: tuple[float, ...] = CIFAR10_STD) -> None:
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        self.normalize = Normalize(mean, std)
+        self.input_imag = LearnedImaginary(3)
+        self.prep = ComplexConvBN(3, w0)
+        self.layer1 = nn.Sequential(ComplexConvBN(w0, w1, pool=True), ComplexResidual(w1))
+        self.layer2 = ComplexConvBN(w1, w2, pool=True)
+        self.layer3 = nn.Sequential(ComplexConvBN(w2, w3, pool=True), ComplexResidual(w3))
+        self.fc = nn.Linear(2 * w3, num_classes, bias=False)  # on the concatenated real and imaginary parts
+        # Small logits at the start keep label-smoothed cross-entropy well conditioned (DAWNBench trick).
+        self.logit_scale = logit_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.prep(self.input_imag(self.normalize(x))))))
+        xr, xi = real_imag(x)
+        # global max-pool by modulus: keep, per channel, the complex value with the largest |z|
+        idx = (xr * xr + xi * xi).flatten(2).argmax(2, keepdim=True)
+        x = torch.cat([xr.flatten(2).gather(2, idx), xi.flatten(2).gather(2, idx)], dim=1).flatten(1)
+        return self.fc(x) * self.logit_scale
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inference
+
+
+@torch.inference_mode()
+def classify(model: nn.Module, images: torch.Tensor, flip_tta: bool = True, batch_size: int = 1000) -> torch.Tensor:
+    """uint8 images (B, 3, H, W), any device -> float32 (B, num_classes) softmax probabilities, on the images' device.
+
+    The one inference API (service and evaluate CLI). Test-time augmentation averages the logits of the
+    image and its mirror image. The model must be in eval mode (``load_checkpoint`` returns it so).
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected uint8 images (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    device = next(model.parameters()).device
+    out = []
+    for chunk in images.split(batch_size):
+        x = chunk.to(device, non_blocking=True).float().div_(255)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x).float()
+            if flip_tta:
+                logits = (logits + model(x.flip(3)).float()) / 2
+        out.append(logits.softmax(1))
+    return torch.cat(out).to(images.device) if out else torch.empty(0, 0, device=images.device)
+
+
+def log_param_table() -> str:  # pragma: no cover - a convenience for the model card / README
+    rows = []
+    for v in PAPER_VARIANTS:
+        for kind, cls in (("complex", ComplexResNet), ("real", RealResNet)):
+            rows.append(f"{v} {kind}: {count_parameters(cls(**paper_resnet_config(v, kind))) / 1e6:.3f}M")
+    rows.append(f"complex_resnet9: {count_parameters(ComplexResNet9()) / 1e6:.3f}M")
+    return "\n".join(rows)
+
+
+__all__ = ["ComplexResNet", "RealResNet", "ComplexResNet9", "PAPER_VARIANTS", "paper_resnet_config",
+           "classify", "count_parameters", "complex_cat"]

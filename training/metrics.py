@@ -1,0 +1,133 @@
+"""Evaluation metrics shared by the trainers and CLIs.
+
+One section per task; each section's functions take tensors (or arrays) and return plain Python values.
+"""
+from __future__ import annotations
+
+import torch
+
+# ================================================================================================================
+# Classification (CIFAR / SVHN / image folders) -- owner: image classification (training/cifar.py)
+# ================================================================================================================
+
+
+def correct_count(scores: torch.Tensor, labels: torch.Tensor) -> int:
+    """Number of rows whose arg-max of ``scores`` (logits or probabilities, (N, K)) equals ``labels`` (N,)."""
+    return int((scores.argmax(1) == labels.to(scores.device)).sum())
+
+
+def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in [0, 1]; 0.0 for an empty batch."""
+    return correct_count(scores, labels) / max(len(labels), 1)
+
+
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes, num_classes) int64 counts; row = true class, column = predicted class."""
+    idx = labels.to(torch.int64).cpu() * num_classes + predictions.to(torch.int64).cpu()
+    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
+    """Recall of each class (correct / images of that class); None for a class with no images."""
+    cm = confusion_matrix(predictions, labels, num_classes)
+    totals = cm.sum(1)
+    return [float(cm[k, k] / totals[k]) if totals[k] else None for k in range(num_classes)]
+
+
+def classification_report(probabilities: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
+    """{"accuracy", "images", "per_class": {name: accuracy}} -- the evaluate CLI's and the model card's numbers."""
+    predictions = probabilities.argmax(1).cpu()
+    labels = labels.cpu()
+    per_class = per_class_accuracy(predictions, labels, len(class_names))
+    return {
+        "accuracy": float((predictions == labels).float().mean()) if len(labels) else 0.0,
+        "images": int(len(labels)),
+        "per_class": {name: (round(a, 4) if a is not None else None) for name, a in zip(class_names, per_class)},
+    }
+
+
+# ================================================================================================================
+# (Audio / transcription metrics go below this line.)
+# ================================================================================================================
+
+
+# ================================================================================================================
+# Audio metrics (music transcription: MusicNet-style evaluation) -- owner: music transcription (training/musicnet.py)
+# ================================================================================================================
+
+
+def average_precision(targets, scores) -> float:
+    """Micro average precision over every (frame, pitch) cell, as Thickstun et al. and Trabelsi et al. report.
+
+    ``targets`` / ``scores``: arrays of equal shape (frames, pitches), 0/1 and probabilities.
+    """
+    import numpy as np
+    from sklearn.metrics import average_precision_score
+    t, s = np.asarray(targets).ravel(), np.asarray(scores).ravel()
+    if t.sum() == 0:
+        return float("nan")
+    return float(average_precision_score(t, s))
+
+
+def _roll_to_freqs(roll, pitches) -> list:
+    import numpy as np
+    hz = 440.0 * 2.0 ** ((np.asarray(pitches, dtype=np.float64) - 69) / 12)
+    return [hz[np.flatnonzero(row)] for row in np.asarray(roll) > 0.5]
+
+
+def frame_metrics(targets, probabilities, times, pitches, threshold: float = 0.5) -> dict:
+    """Frame-level multi-pitch precision / recall / F1 / accuracy (mir_eval.multipitch) at ``threshold``."""
+    import numpy as np
+    from mir_eval import multipitch
+    times = np.asarray(times, dtype=np.float64)
+    est = (np.asarray(probabilities) >= threshold).astype(np.float32)
+    scores = multipitch.metrics(times, _roll_to_freqs(targets, pitches), times, _roll_to_freqs(est, pitches))
+    p, r, acc = float(scores[0]), float(scores[1]), float(scores[2])  # Precision, Recall, Accuracy, ...
+    return {"frame_precision": p, "frame_recall": r, "frame_f1": 2 * p * r / (p + r) if p + r > 0 else 0.0,
+            "frame_accuracy": acc}
+
+
+def note_metrics(ref_intervals, ref_pitches, est_notes: list[dict], onset_tolerance: float = 0.05) -> dict:
+    """Note-level P/R/F1 (mir_eval.transcription): onset only, and onset + offset (offset_ratio 0.2).
+
+    ``ref_intervals`` (N, 2) seconds, ``ref_pitches`` (N,) MIDI; ``est_notes`` as returned by
+    models.transcription.notes_from_probabilities (the service's note events).
+    """
+    import numpy as np
+    from mir_eval import transcription
+    hz = (lambda m: 440.0 * 2.0 ** ((np.asarray(m, dtype=np.float64) - 69) / 12))
+    ref_i = np.asarray(ref_intervals, dtype=np.float64).reshape(-1, 2)
+    ref_p = np.asarray(ref_pitches, dtype=np.float64)
+    keep = ref_i[:, 1] > ref_i[:, 0]
+    ref_i, ref_p = ref_i[keep], ref_p[keep]
+    est_i = np.array([[n["onset"], n["offset"]] for n in est_notes], dtype=np.float64).reshape(-1, 2)
+    est_p = np.array([n["pitch"] for n in est_notes], dtype=np.float64)
+    out = {}
+    for name, ratio in (("note", None), ("note_with_offset", 0.2)):
+        if len(ref_i) == 0 or len(est_i) == 0:
+            p = r = f = 0.0
+        else:
+            p, r, f, _ = transcription.precision_recall_f1_overlap(ref_i, hz(ref_p), est_i, hz(est_p),
+                                                                   onset_tolerance=onset_tolerance, offset_ratio=ratio)
+        out.update({f"{name}_precision": float(p), f"{name}_recall": float(r), f"{name}_f1": float(f)})
+    return out
+
+
+def precision_recall_png(targets, scores, path, title: str = "", max_points: int = 2000) -> None:
+    """Save the micro-averaged precision-recall curve (with its AP in the legend) as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.metrics import precision_recall_curve
+    t, s = np.asarray(targets).ravel(), np.asarray(scores).ravel()
+    precision, recall, _ = precision_recall_curve(t, s)
+    idx = np.unique(np.linspace(0, len(precision) - 1, min(max_points, len(precision))).astype(int))
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
+    ax.plot(recall[idx], precision[idx], label=f"AP = {average_precision(t, s):.3f}")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title=title or "precision-recall")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
