@@ -61,7 +61,7 @@ def tone(seconds: float = 1.0, sr: int = 22050, start: float = 0.25, stop: float
     """Silence with a loud 440 Hz tone from ``start`` to ``stop`` seconds."""
     x = np.zeros(int(seconds * sr), np.float32)
     a, b = int(start * sr), int(stop * sr)
-    x[a:b] = 0.5 * np.sin(2 * np.pi * 440 * np.arange(b - a) / sr)
+    x[a:b] = 0.5 * np.sin(2 * np.pi * 440 * np.arange(len(x[a:b])) / sr)
     return np.stack([x] * channels, 1) if channels > 1 else x
 
 
