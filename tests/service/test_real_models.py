@@ -1,0 +1,46 @@
+"""The service on the real architectures of models/ (small configurations, random weights)."""
+from __future__ import annotations
+
+import pytest
+
+from models.checkpoint import save_checkpoint
+
+from .conftest import TestClient, audio_bytes, image_bytes, settings_for, tone
+
+cifar = pytest.importorskip("models.cifar")
+transcriber = pytest.importorskip("models.transcriber")
+
+
+@pytest.fixture(scope="module")
+def real_checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("real")
+    ccfg = {"widths": [4, 8, 8, 16], "num_classes": 10}
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    cls = save_checkpoint(folder / "cifar.pt", cifar.ComplexResNet9(**ccfg), "complex_resnet9", ccfg,
+                          {"task": "image-classification", "class_names": names, "input_size": [32, 32],
+                           "metrics": {"val_accuracy": 0.1}})
+    tcfg = {"frames_per_window": 50, "channels": 2, "hidden": 8}
+    m = transcriber.ComplexFrameTranscriber(**tcfg)
+    tr = save_checkpoint(folder / "musicnet.pt", m, "complex_frame_transcriber", tcfg,
+                         {"task": "transcription", "sample_rate": m.sample_rate, "hop_length": m.hop_length,
+                          "pitches": m.pitches, "metrics": {}})
+    return cls, tr
+
+
+def test_real_architectures_serve(real_checkpoints):
+    from service.app import create_app
+    app = create_app(settings_for(real_checkpoints, classify_max_batch_size=8, transcribe_max_batch_size=4))
+    with TestClient(app) as c:
+        r = c.post("/classify", files=[("file", ("a.jpg", image_bytes("JPEG", size=(64, 48))))] * 3)
+        assert r.status_code == 200, r.text
+        res = r.json()["results"]
+        assert len(res) == 3 and len(res[0]["probabilities"]) == 10
+        assert abs(sum(res[0]["probabilities"].values()) - 1) < 1e-4
+        r = c.post("/transcribe", files={"file": ("a.wav", audio_bytes(tone(seconds=3.5, sr=44100), sr=44100))})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["sample_rate"] == 16000 and body["frame_rate"] == 50.0
+        assert body["pitches"] == list(range(21, 109)) and len(body["times"]) == 3.5 * 50 + 1
+        models = {m["task"]: m for m in c.get("/models").json()["models"]}
+        assert models["transcription"]["pitch_range"] == [21, 108]
+        assert models["image-classification"]["arch"] == "complex_resnet9"
