@@ -42,7 +42,8 @@
     const retry = headers ? headers.get("Retry-After") : null;
     let title;
     switch (status) {
-      case 0: title = "Could not reach the service (network error or the server is down)."; break;
+      case 0: title = "Could not reach the service: the connection failed or was closed (server down, network " +
+        "error, or an upload far over the size limit)."; break;
       case 400: title = "The file could not be processed."; break;
       case 404: title = "Not found."; break;
       case 413: title = "The upload is too large."; break;
@@ -423,11 +424,19 @@
       });
       canvas.setAttribute("aria-label", `Piano roll, ${duration.toFixed(2)} s, ${notes.length} note${notes.length === 1 ? "" : "s"}` +
         (notes.length ? ": " + summarizeNotes(notes) : ""));
-      this.drawAxis(pMin, pMax, new Set(notes.map((n) => n.pitch)));
+      // Pitches the model is confident about somewhere (labelled on the axis even without a note event).
+      const strong = new Set();
+      if (Array.isArray(d.probabilities)) {
+        for (const row of d.probabilities) {
+          if (!row) continue;
+          for (let j = 0; j < nP; j++) if (row[j] >= 0.5) strong.add(pitches[j]);
+        }
+      }
+      this.drawAxis(pMin, pMax, new Set(notes.map((n) => n.pitch)), strong);
       this.drawCursor();
     },
 
-    drawAxis(pMin, pMax, notePitches) {
+    drawAxis(pMin, pMax, notePitches, strongPitches) {
       const axis = $("roll-axis");
       axis.style.height = RULER_H + (pMax - pMin + 1) * this.rowH + "px";
       const labelAll = this.rowH >= 12;
@@ -436,8 +445,8 @@
         const key = el("span", { class: "key" + (isBlackKey(m) ? " black" : "") + (notePitches.has(m) ? " active" : ""),
           style: `top:${RULER_H + (pMax - m) * this.rowH}px;height:${this.rowH}px` });
         labels.push(key);
-        // Label every C, every pitch that has a note, and every row when rows are tall enough.
-        if (labelAll || m % 12 === 0 || notePitches.has(m)) {
+        // Label every C, every pitch with a note or a high probability, and every row when rows are tall enough.
+        if (labelAll || m % 12 === 0 || notePitches.has(m) || strongPitches.has(m)) {
           const h = Math.max(this.rowH, 12);
           labels.push(el("span", { class: "axis-label" + (notePitches.has(m) ? " active" : "") + (m % 12 === 0 ? " c" : ""),
             "data-pitch": String(m), title: `MIDI ${m}`,

@@ -20,6 +20,7 @@ folder (printed at the end; run with ``-s`` to see it).
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -427,6 +428,54 @@ def test_transcribe_chord_draws_piano_roll(page, artefacts):
     assert page.watch.unexpected_errors() == []
 
 
+def test_drop_settings_and_probability_layer(page, artefacts):
+    """Drag-and-drop upload; the detection settings reach the API; the probability layer is drawn on its own."""
+    page.click("#tab-audio")
+    page.click("#audio-settings summary")
+    page.fill("#min-note-length", "5")      # longer than the chord: no note survives, probabilities remain
+    urls = []
+    page.on("request", lambda r: "/transcribe" in r.url and urls.append(r.url))
+    b64 = base64.b64encode(chord_wav()).decode()
+    page.evaluate("""([b64, name]) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        window.__dt = new DataTransfer();
+        window.__dt.items.add(new File([bytes], name, {type: 'audio/wav'}));
+        document.getElementById('audio-drop').dispatchEvent(
+            new DragEvent('dragover', {dataTransfer: window.__dt, bubbles: true, cancelable: true}));
+    }""", [b64, "dropped-chord.wav"])
+    assert "dragging" in page.get_attribute("#audio-drop", "class")
+    page.evaluate("""() => document.getElementById('audio-drop').dispatchEvent(
+        new DragEvent('drop', {dataTransfer: window.__dt, bubbles: true, cancelable: true}))""")
+    page.wait_for_selector("#audio-result:not([hidden])")
+    assert "dragging" not in page.get_attribute("#audio-drop", "class")
+    assert "dropped-chord.wav" in page.inner_text("#audio-summary")
+    assert len(urls) == 1 and "min_note_length=5" in urls[0] and "onset_threshold=0.5" in urls[0], urls
+    canvas = page.locator("#roll-canvas")
+    assert json.loads(canvas.get_attribute("data-notes")) == []
+    assert page.locator("#notes-table tbody tr").count() == 0
+    geo = {k: float(canvas.get_attribute(f"data-{k2}")) for k, k2 in (
+        ("rulerHeight", "ruler-height"), ("rowHeight", "row-height"), ("pitchMax", "pitch-max"),
+        ("pxPerSecond", "px-per-second"))}
+    mid_x = (CHORD_ON + CHORD_OFF) / 2 * geo["pxPerSecond"] + 3.3
+    for m in CHORD:   # probability ~1: the light-blue probability colour, no orange note overlay
+        r, g, b = canvas_pixel(page, mid_x, row_centre(geo, m))
+        assert b > 200 and r < 130 and g > 150, (m, (r, g, b))
+    for m in (62, 65, 72):
+        assert max(canvas_pixel(page, mid_x, row_centre(geo, m))) < 70
+    # no note events, but the confident pitches are still named on the axis (not highlighted as notes)
+    assert page.locator("#roll-axis .axis-label.active").count() == 0
+    named = page.locator("#roll-axis .axis-label").all_inner_texts()
+    assert {"C4", "E4", "G4"} <= set(named) and "D4" not in named
+    page.screenshot(path=str(artefacts / "03-probabilities-only.png"), full_page=True)
+
+    # "re-run on the current file" with the default length brings the notes back
+    page.fill("#min-note-length", "0.05")
+    page.click("#audio-rerun")
+    page.wait_for_function("() => JSON.parse(document.getElementById('roll-canvas').dataset.notes || '[]').length === 3")
+    assert len(urls) == 2 and "min_note_length=0.05" in urls[1]
+    assert page.watch.external() == [] and page.watch.unexpected_errors() == []
+
+
 def test_error_messages(page, artefacts):
     # 415 from the server: a text file named .png
     page.set_input_files("#image-input", [{"name": "notes.png", "mimeType": "image/png",
@@ -437,7 +486,7 @@ def test_error_messages(page, artefacts):
     text = box.inner_text()
     assert "Unsupported file format." in text and "notes.png" in text and "PNG, JPEG" in text, text
     assert page.locator(".image-card").count() == 0
-    page.screenshot(path=str(artefacts / "03-error-415.png"))
+    page.screenshot(path=str(artefacts / "04-error-415.png"))
 
     # 413 from the server: over the (test) upload limit
     page.click("#tab-audio")
@@ -449,7 +498,7 @@ def test_error_messages(page, artefacts):
     abox.wait_for(state="visible")
     assert abox.get_attribute("data-status") == "413", abox.inner_text()
     assert "too large" in abox.inner_text() and str(UPLOAD_LIMIT) in abox.inner_text()
-    page.screenshot(path=str(artefacts / "04-error-413.png"))
+    page.screenshot(path=str(artefacts / "05-error-413.png"))
 
     # 503 busy (queue full) with Retry-After: answered by the browser's network layer, the service
     # cannot be made busy deterministically in a fast test.
@@ -466,7 +515,7 @@ def test_error_messages(page, artefacts):
     page.set_input_files("#audio-input", [{"name": "empty.wav", "mimeType": "audio/wav", "buffer": b""}])
     page.wait_for_function("() => document.getElementById('audio-error').dataset.status === '400'")
     assert "could not be processed" in abox.inner_text()
-    page.screenshot(path=str(artefacts / "05-error-400.png"))
+    page.screenshot(path=str(artefacts / "06-error-400.png"))
     assert page.watch.external() == []
     assert page.watch.unexpected_errors(allowed_statuses=(400, 413, 415, 503)) == []
 
@@ -481,7 +530,7 @@ def test_model_cards_and_narrow_layout(page, artefacts, browser, server):
     assert "88 pitches, A0–C8" in text and "16,000" in text and "transcription" in text
     assert "red, green, blue" in cards.nth(0).inner_text()
     assert cards.nth(0).locator('dd[data-key="sha256"] code').count() == 1
-    page.screenshot(path=str(artefacts / "06-models.png"), full_page=True)
+    page.screenshot(path=str(artefacts / "07-models.png"), full_page=True)
 
     # Narrow phone width: nothing overflows the viewport; the roll scrolls inside its own box.
     context = browser.new_context(viewport={"width": 380, "height": 800})
@@ -493,13 +542,13 @@ def test_model_cards_and_narrow_layout(page, artefacts, browser, server):
     narrow.wait_for_selector("#audio-result:not([hidden])")
     assert narrow.evaluate("document.documentElement.scrollWidth") <= 380
     assert sorted(n["pitch"] for n in json.loads(narrow.get_attribute("#roll-canvas", "data-notes"))) == list(CHORD)
-    narrow.screenshot(path=str(artefacts / "07-narrow-audio.png"), full_page=True)
+    narrow.screenshot(path=str(artefacts / "08-narrow-audio.png"), full_page=True)
     narrow.click("#tab-image")
     narrow.set_input_files("#image-input", [{"name": "a-green-image-with-a-long-file-name.png", "mimeType": "image/png",
                                              "buffer": png((20, 200, 20))}])
     narrow.wait_for_selector(".image-card")
     assert narrow.evaluate("document.documentElement.scrollWidth") <= 380
-    narrow.screenshot(path=str(artefacts / "08-narrow-image.png"), full_page=True)
+    narrow.screenshot(path=str(artefacts / "09-narrow-image.png"), full_page=True)
     # keyboard: the picker button is reachable with Tab and is a real button
     narrow.focus("#tab-image")
     narrow.keyboard.press("Tab")   # into the panel
