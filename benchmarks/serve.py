@@ -1,0 +1,214 @@
+"""Load test of the model-serving service: dynamic batching vs batch size 1, same run, same machine.
+
+    python -m benchmarks.serve [--concurrency 64] [--duration 10] [--routes classify transcribe]
+
+For each mode it starts ``python -m service`` on a free loopback port (DCN_* environment variables
+select checkpoints and batching), keeps ``--concurrency`` clients each sending one request after
+another over its own keep-alive connection for ``--duration`` seconds per route, and prints
+throughput and p50/p99 latency of the successful requests, then the batched / unbatched ratios.
+
+Checkpoints: the shipped ones (models/checkpoints/) when present, else small random-weight models of
+the shipped architectures written to a temporary folder (``--tiny`` forces those).
+The clients speak HTTP/1.1 over raw asyncio streams with prebuilt requests: a full HTTP client
+costs as much CPU per request as the server's parsing, and on a 2-core machine it would be measuring itself.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = (ROOT / "models" / "checkpoints" / "cifar10_complex.pt", ROOT / "models" / "checkpoints" / "musicnet_complex.pt")
+
+
+def tiny_checkpoints(folder: Path) -> tuple[Path, Path]:
+    """Small random-weight models of the shipped architectures (the service cost, not the model's, dominates)."""
+    from models.checkpoint import save_checkpoint
+    from models.cifar import ComplexResNet9
+    from models.transcriber import ComplexFrameTranscriber
+
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    ccfg = {"widths": [8, 16, 32, 64], "num_classes": 10}
+    cls = save_checkpoint(folder / "cifar_tiny.pt", ComplexResNet9(**ccfg), "complex_resnet9", ccfg,
+                          {"task": "image-classification", "class_names": names, "input_size": [32, 32]})
+    tcfg = {"channels": 4, "hidden": 32}
+    m = ComplexFrameTranscriber(**tcfg)
+    tr = save_checkpoint(folder / "musicnet_tiny.pt", m, "complex_frame_transcriber", tcfg,
+                         {"task": "transcription", "sample_rate": m.sample_rate, "hop_length": m.hop_length,
+                          "pitches": m.pitches})
+    return cls, tr
+
+
+def multipart_request(path: str, filename: str, data: bytes) -> bytes:
+    boundary = "benchmarkboundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+def sample_requests(audio_seconds: float) -> dict[str, bytes]:
+    import soundfile as sf
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(img, "PNG")
+    t = np.arange(int(audio_seconds * 16000)) / 16000
+    wav = io.BytesIO()
+    sf.write(wav, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000, format="WAV")
+    return {"classify": multipart_request("/classify", "x.png", img.getvalue()),
+            "transcribe": multipart_request("/transcribe", "x.wav", wav.getvalue())}
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """(status, keep-alive) of one response; the body is read and dropped."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    headers = dict(line.lower().split(": ", 1) for line in head[1:] if ": " in line)
+    await reader.readexactly(int(headers.get("content-length", 0)))
+    return status, headers.get("connection") != "close"
+
+
+async def _client(port: int, request: bytes, stop_at: float, latencies: list[float], errors: dict[int, int]) -> None:
+    reader = writer = None
+    while time.perf_counter() < stop_at:
+        if writer is None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        t0 = time.perf_counter()
+        writer.write(request)
+        await writer.drain()
+        status, keep_alive = await _read_response(reader)
+        if status == 200:
+            latencies.append(time.perf_counter() - t0)
+        else:
+            errors[status] = errors.get(status, 0) + 1
+        if not keep_alive:
+            writer.close()
+            reader = writer = None
+    if writer is not None:
+        writer.close()
+
+
+async def load(port: int, request: bytes, concurrency: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    start = time.perf_counter()
+    await asyncio.gather(*(_client(port, request, start + seconds, latencies, errors) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start  # includes the requests still in flight at the stop time
+    lat = np.array(latencies or [float("nan")]) * 1000
+    return {"requests": len(latencies), "errors": sum(errors.values()), "rps": len(latencies) / elapsed,
+            "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"],
+                            cwd=ROOT, env={**os.environ, **env})
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"service exited with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return proc, port
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("service did not become ready")
+        time.sleep(0.3)
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {gpu}, torch {torch.__version__}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", type=int, default=64, help="concurrent clients")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of load per route and mode")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of unrecorded load first")
+    p.add_argument("--routes", nargs="+", default=["classify", "transcribe"], choices=["classify", "transcribe"])
+    p.add_argument("--audio-seconds", type=float, default=4.0, help="length of the /transcribe upload")
+    p.add_argument("--classify-batch", type=int, default=64, help="DCN_CLASSIFY_MAX_BATCH_SIZE when batching")
+    p.add_argument("--transcribe-batch", type=int, default=16, help="DCN_TRANSCRIBE_MAX_BATCH_SIZE when batching")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--tiny", action="store_true", help="small random-weight models even if shipped ones exist")
+    args = p.parse_args()
+
+    tmp = tempfile.TemporaryDirectory()
+    if not args.tiny and all(c.is_file() for c in SHIPPED):
+        ckpts, which = SHIPPED, "shipped checkpoints"
+    else:
+        ckpts, which = tiny_checkpoints(Path(tmp.name)), "tiny random-weight ComplexResNet9 / ComplexFrameTranscriber"
+    requests = sample_requests(args.audio_seconds)
+    print(f"hardware: {hardware()}")
+    print(f"models: {which}: {ckpts[0].name}, {ckpts[1].name}")
+    print(f"load: {args.concurrency} concurrent clients, {args.duration:g} s per route and mode "
+          f"(+{args.warmup:g} s warm-up); /transcribe uploads {args.audio_seconds:g} s of audio\n", flush=True)
+
+    modes = {"batched": (args.classify_batch, args.transcribe_batch), "batch size 1": (1, 1)}
+    results: dict[tuple[str, str], dict[str, float]] = {}
+    for mode, (cbs, tbs) in modes.items():
+        env = {"DCN_CLASSIFIER_CHECKPOINT": str(ckpts[0]), "DCN_TRANSCRIBER_CHECKPOINT": str(ckpts[1]),
+               "DCN_DEVICE": args.device, "DCN_CLASSIFY_MAX_BATCH_SIZE": str(cbs),
+               "DCN_TRANSCRIBE_MAX_BATCH_SIZE": str(tbs), "DCN_REQUEST_TIMEOUT_S": "120",
+               "DCN_MAX_QUEUE_SIZE": str(max(1024, 4 * args.concurrency))}
+        proc, port = start_service(env)
+        try:
+            for route in args.routes:
+                asyncio.run(load(port, requests[route], args.concurrency, args.warmup))
+                results[mode, route] = r = asyncio.run(load(port, requests[route], args.concurrency, args.duration))
+                print(f"  {mode:>12} /{route:<10} {r['rps']:8.1f} req/s  p50 {r['p50']:8.1f} ms  "
+                      f"p99 {r['p99']:8.1f} ms  ({r['requests']} ok, {r['errors']} errors)", flush=True)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+
+    print("\n| route | mode | max batch | req/s | p50 ms | p99 ms | ok | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for route in args.routes:
+        for mode, sizes in modes.items():
+            r = results[mode, route]
+            print(f"| /{route} | {mode} | {sizes[route == 'transcribe']} | {r['rps']:.1f} | {r['p50']:.1f} | "
+                  f"{r['p99']:.1f} | {r['requests']} | {r['errors']} |")
+    print()
+    for route in args.routes:
+        b, u = results["batched", route], results["batch size 1", route]
+        print(f"/{route}: batching gives {b['rps'] / u['rps']:.1f}x the throughput of batch size 1 "
+              f"(p99 {b['p99']:.0f} ms vs {u['p99']:.0f} ms) at {args.concurrency} concurrent clients")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
