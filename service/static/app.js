@@ -295,7 +295,8 @@
 
   const RULER_H = 24;   // CSS px of the time ruler above the rows
   const MIN_PX_PER_SEC = 20;
-  const MAX_CANVAS_PX = 16000; // device pixels, well inside Chrome's canvas limits
+  const MAX_CANVAS_PX = 16000; // device pixels, well inside every browser's canvas limits
+  const MAX_PROB_COLUMNS = 8192; // frames per pixel column of the probability layer, at most
 
   const roll = {
     data: null,        // transcription JSON
@@ -354,30 +355,14 @@
         }
       }
 
-      // Probabilities: one pixel per (frame, pitch) in an offscreen canvas, scaled up without smoothing.
-      if (nF && nP && Array.isArray(d.probabilities)) {
-        const off = document.createElement("canvas");
-        off.width = nF;
-        off.height = nRows;
-        const octx = off.getContext("2d");
-        const img = octx.createImageData(nF, nRows);
-        const px = img.data;
-        for (let f = 0; f < nF; f++) {
-          const row = d.probabilities[f] || [];
-          for (let j = 0; j < nP; j++) {
-            const p = row[j] || 0;
-            if (p < 0.01) continue;
-            const y = pMax - pitches[j];
-            const k = (y * nF + f) * 4;
-            // light blue, opacity follows probability
-            px[k] = 86; px[k + 1] = 182; px[k + 2] = 255; px[k + 3] = Math.round(255 * Math.min(1, p));
-          }
-        }
-        octx.putImageData(img, 0, 0);
+      // Probabilities: one pixel per (frame, pitch) in an offscreen canvas (built once per transcription),
+      // scaled up without smoothing. Frame f is centred at times[f]; its cell spans [t - dt/2, t + dt/2).
+      const prob = this.probabilityImage(d, pitches, pMax, nRows);
+      if (prob) {
         ctx.imageSmoothingEnabled = false;
-        // frame f is centred at times[f]; its cell spans [t - dt/2, t + dt/2)
         const x0 = ((times[0] || 0) - frameDt / 2) * this.pxPerSec;
-        ctx.drawImage(off, 0, 0, nF, nRows, x0, RULER_H, nF * frameDt * this.pxPerSec, nRows * this.rowH);
+        const framesDrawn = prob.width * (prob.framesPerColumn || 1);
+        ctx.drawImage(prob, 0, 0, prob.width, nRows, x0, RULER_H, framesDrawn * frameDt * this.pxPerSec, nRows * this.rowH);
       }
 
       // Note events: outlined boxes on their pitch rows.
@@ -425,15 +410,54 @@
       canvas.setAttribute("aria-label", `Piano roll, ${duration.toFixed(2)} s, ${notes.length} note${notes.length === 1 ? "" : "s"}` +
         (notes.length ? ": " + summarizeNotes(notes) : ""));
       // Pitches the model is confident about somewhere (labelled on the axis even without a note event).
-      const strong = new Set();
-      if (Array.isArray(d.probabilities)) {
+      const strong = this.strongCache && this.strongCache.data === d ? this.strongCache.set : new Set();
+      if (!(this.strongCache && this.strongCache.data === d) && Array.isArray(d.probabilities)) {
         for (const row of d.probabilities) {
           if (!row) continue;
           for (let j = 0; j < nP; j++) if (row[j] >= 0.5) strong.add(pitches[j]);
         }
       }
+      this.strongCache = { data: d, set: strong };
       this.drawAxis(pMin, pMax, new Set(notes.map((n) => n.pitch)), strong);
       this.drawCursor();
+    },
+
+    /** Offscreen canvas of the probabilities, cached per transcription. Long recordings are reduced
+     *  (max over groups of frames) to at most MAX_PROB_COLUMNS columns, inside every browser's canvas limits. */
+    probabilityImage(d, pitches, pMax, nRows) {
+      if (this.probCache && this.probCache.data === d) return this.probCache.canvas;
+      const probs = Array.isArray(d.probabilities) ? d.probabilities : [];
+      const nF = probs.length;
+      const nP = pitches.length;
+      let canvas = null;
+      if (nF && nP) {
+        const group = Math.ceil(nF / MAX_PROB_COLUMNS);
+        const cols = Math.ceil(nF / group);
+        canvas = document.createElement("canvas");
+        canvas.framesPerColumn = group;
+        canvas.width = cols;
+        canvas.height = nRows;
+        const octx = canvas.getContext("2d");
+        const img = octx.createImageData(cols, nRows);
+        const px = img.data;
+        for (let f = 0; f < nF; f++) {
+          const row = probs[f];
+          if (!row) continue;
+          const col = Math.floor(f / group);
+          for (let j = 0; j < nP; j++) {
+            const p = row[j] || 0;
+            if (p < 0.01) continue;
+            const k = ((pMax - pitches[j]) * cols + col) * 4;
+            const a = Math.round(255 * Math.min(1, p));
+            if (a > px[k + 3]) { // light blue, opacity follows probability
+              px[k] = 86; px[k + 1] = 182; px[k + 2] = 255; px[k + 3] = a;
+            }
+          }
+        }
+        octx.putImageData(img, 0, 0);
+      }
+      this.probCache = { data: d, canvas };
+      return canvas;
     },
 
     drawAxis(pMin, pMax, notePitches, strongPitches) {

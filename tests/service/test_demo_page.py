@@ -476,6 +476,47 @@ def test_drop_settings_and_probability_layer(page, artefacts):
     assert page.watch.external() == [] and page.watch.unexpected_errors() == []
 
 
+def test_long_recording_roll_stays_within_canvas_limits(page, artefacts):
+    """A 10-minute transcription (30 000 frames, answered by the browser's network layer: the test models
+    would take too long) is drawn within canvas size limits, with its late note and probabilities in place."""
+    fps, seconds = 50.0, 600.0
+    n = int(seconds * fps)
+    pitches = list(range(21, 109))
+
+    def row(pitch: int | None = None, p: float = 0.0) -> str:
+        return "[" + ",".join(str(p) if q == pitch else "0" for q in pitches) + "]"
+
+    rows = [row()] * n   # built as text: json.dumps of 2.6 million floats is slow
+    rows[int(590 * fps):int(595 * fps)] = [row(69, 0.95)] * int(5 * fps)   # A4 note near the end
+    rows[int(100 * fps):int(110 * fps)] = [row(40, 0.9)] * int(10 * fps)   # E2: probability only, no note
+    head = json.dumps({"model": "synthetic", "duration": seconds, "sample_rate": 16000, "frame_rate": fps,
+                       "times": (np.arange(n) / fps).round(4).tolist(), "pitches": pitches,
+                       "notes": [{"onset": 590.0, "offset": 595.0, "pitch": 69, "confidence": 0.95}]},
+                      separators=(",", ":"))
+    body = head[:-1] + ',"probabilities":[' + ",".join(rows) + "]}"
+    page.route("**/transcribe*", lambda route: route.fulfill(status=200, body=body,
+                                                            headers={"Content-Type": "application/json"}))
+    page.click("#tab-audio")
+    page.set_input_files("#audio-input", [{"name": "long.wav", "mimeType": "audio/wav", "buffer": chord_wav()}])
+    page.wait_for_selector("#audio-result:not([hidden])")
+    page.unroute("**/transcribe*")
+    canvas = page.locator("#roll-canvas")
+    width, height = page.evaluate("[document.getElementById('roll-canvas').width, document.getElementById('roll-canvas').height]")
+    assert 0 < width <= 16000 and height > 0
+    pps = float(canvas.get_attribute("data-px-per-second"))
+    assert pps * seconds == pytest.approx(width / float(canvas.get_attribute("data-dpr")), abs=2)
+    geo = {"rulerHeight": float(canvas.get_attribute("data-ruler-height")),
+           "rowHeight": float(canvas.get_attribute("data-row-height")), "pitchMax": 108.0}
+    r, g, b = canvas_pixel(page, 592.5 * pps, row_centre(geo, 69))
+    assert r > 120 and r + g + b > 300, (r, g, b)                      # the note at 590-595 s
+    r, g, b = canvas_pixel(page, 105 * pps, row_centre(geo, 40))
+    assert b > 180 and r < 130, (r, g, b)                              # probabilities at 100-110 s
+    assert max(canvas_pixel(page, 300 * pps, row_centre(geo, 69))) < 70
+    page.evaluate("document.getElementById('roll-scroll').scrollLeft = 1e9")  # to the end: the A4 note
+    page.screenshot(path=str(artefacts / "04-long-recording-end.png"), full_page=True)
+    assert page.watch.unexpected_errors() == []
+
+
 def test_error_messages(page, artefacts):
     # 415 from the server: a text file named .png
     page.set_input_files("#image-input", [{"name": "notes.png", "mimeType": "image/png",
@@ -486,7 +527,7 @@ def test_error_messages(page, artefacts):
     text = box.inner_text()
     assert "Unsupported file format." in text and "notes.png" in text and "PNG, JPEG" in text, text
     assert page.locator(".image-card").count() == 0
-    page.screenshot(path=str(artefacts / "04-error-415.png"))
+    page.screenshot(path=str(artefacts / "05-error-415.png"))
 
     # 413 from the server: over the (test) upload limit
     page.click("#tab-audio")
@@ -498,7 +539,7 @@ def test_error_messages(page, artefacts):
     abox.wait_for(state="visible")
     assert abox.get_attribute("data-status") == "413", abox.inner_text()
     assert "too large" in abox.inner_text() and str(UPLOAD_LIMIT) in abox.inner_text()
-    page.screenshot(path=str(artefacts / "05-error-413.png"))
+    page.screenshot(path=str(artefacts / "06-error-413.png"))
 
     # 503 busy (queue full) with Retry-After: answered by the browser's network layer, the service
     # cannot be made busy deterministically in a fast test.
@@ -515,7 +556,7 @@ def test_error_messages(page, artefacts):
     page.set_input_files("#audio-input", [{"name": "empty.wav", "mimeType": "audio/wav", "buffer": b""}])
     page.wait_for_function("() => document.getElementById('audio-error').dataset.status === '400'")
     assert "could not be processed" in abox.inner_text()
-    page.screenshot(path=str(artefacts / "06-error-400.png"))
+    page.screenshot(path=str(artefacts / "07-error-400.png"))
     assert page.watch.external() == []
     assert page.watch.unexpected_errors(allowed_statuses=(400, 413, 415, 503)) == []
 
@@ -530,7 +571,7 @@ def test_model_cards_and_narrow_layout(page, artefacts, browser, server):
     assert "88 pitches, A0–C8" in text and "16,000" in text and "transcription" in text
     assert "red, green, blue" in cards.nth(0).inner_text()
     assert cards.nth(0).locator('dd[data-key="sha256"] code').count() == 1
-    page.screenshot(path=str(artefacts / "07-models.png"), full_page=True)
+    page.screenshot(path=str(artefacts / "08-models.png"), full_page=True)
 
     # Narrow phone width: nothing overflows the viewport; the roll scrolls inside its own box.
     context = browser.new_context(viewport={"width": 380, "height": 800})
@@ -542,13 +583,13 @@ def test_model_cards_and_narrow_layout(page, artefacts, browser, server):
     narrow.wait_for_selector("#audio-result:not([hidden])")
     assert narrow.evaluate("document.documentElement.scrollWidth") <= 380
     assert sorted(n["pitch"] for n in json.loads(narrow.get_attribute("#roll-canvas", "data-notes"))) == list(CHORD)
-    narrow.screenshot(path=str(artefacts / "08-narrow-audio.png"), full_page=True)
+    narrow.screenshot(path=str(artefacts / "09-narrow-audio.png"), full_page=True)
     narrow.click("#tab-image")
     narrow.set_input_files("#image-input", [{"name": "a-green-image-with-a-long-file-name.png", "mimeType": "image/png",
                                              "buffer": png((20, 200, 20))}])
     narrow.wait_for_selector(".image-card")
     assert narrow.evaluate("document.documentElement.scrollWidth") <= 380
-    narrow.screenshot(path=str(artefacts / "09-narrow-image.png"), full_page=True)
+    narrow.screenshot(path=str(artefacts / "10-narrow-image.png"), full_page=True)
     # keyboard: the picker button is reachable with Tab and is a real button
     narrow.focus("#tab-image")
     narrow.keyboard.press("Tab")   # into the panel
