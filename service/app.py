@@ -106,10 +106,13 @@ class Service:
     def is_ready(self) -> bool:
         return self.ready and all(b.running for b in self.batchers.values())
 
-    async def run_batched(self, request: Request, model: str, items: list[Any]) -> list[Any]:
-        """Items through the model's batcher within the request's deadline; HTTP errors for every way it fails."""
+    def check_ready(self) -> None:
         if not self.is_ready:
             raise HTTPException(503, "service is not ready", headers={"Retry-After": "1"})
+
+    async def run_batched(self, request: Request, model: str, items: list[Any]) -> list[Any]:
+        """Items through the model's batcher within the request's deadline; HTTP errors for every way it fails."""
+        self.check_ready()
         deadline = request.scope.get(ARRIVAL, time.monotonic()) + self.settings.request_timeout_s
         rejected = self.metrics.rejected
         try:
@@ -304,6 +307,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ..., description="image file; repeat the field for several images")) -> dict[str, Any]:
         if len(file) > settings.max_files:
             raise HTTPException(413, f"{len(file)} files; the limit is {settings.max_files} per request")
+        service.check_ready()
         runner = service.classifier
         datas = [await f.read() for f in file]
         names = [f.filename or f"file{i}" for i, f in enumerate(file)]
@@ -336,6 +340,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         if frame_threshold > onset_threshold:
             raise HTTPException(422, "frame_threshold must not exceed onset_threshold")
+        service.check_ready()
         runner = service.transcriber
         data = await file.read()
         windows, n_frames, duration = await run_in_threadpool(runner.decode, data, settings.max_audio_seconds)

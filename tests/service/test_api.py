@@ -234,3 +234,20 @@ def test_settings_from_environment(monkeypatch):
 def test_uvicorn_import_string():
     import service.app
     assert service.app.app.title == "Deep Complex Networks"
+
+
+def test_not_ready_before_startup(checkpoints):
+    # Without the lifespan (no `with`), nothing is loaded: readiness and the model routes say so.
+    c = TestClient(create_app(settings_for(checkpoints)))
+    assert c.get("/healthz").status_code == 200
+    r = c.get("/readyz")
+    assert r.status_code == 503 and r.json()["ready"] is False
+    assert c.get("/models").status_code == 503
+    r = c.post("/classify", files={"file": ("x.png", image_bytes())})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+def test_text_field_instead_of_file(client):
+    for route in ("/classify", "/transcribe"):
+        r = client.post(route, data={"file": "not a file"})
+        assert r.status_code in (415, 422) and r.json()["detail"], (route, r.status_code)
