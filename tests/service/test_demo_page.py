@@ -584,17 +584,22 @@ def test_model_cards_and_narrow_layout(page, artefacts, browser, server):
     assert narrow.evaluate("document.documentElement.scrollWidth") <= 380
     assert sorted(n["pitch"] for n in json.loads(narrow.get_attribute("#roll-canvas", "data-notes"))) == list(CHORD)
     narrow.screenshot(path=str(artefacts / "09-narrow-audio.png"), full_page=True)
-    narrow.click("#tab-image")
-    narrow.set_input_files("#image-input", [{"name": "a-green-image-with-a-long-file-name.png", "mimeType": "image/png",
-                                             "buffer": png((20, 200, 20))}])
-    narrow.wait_for_selector(".image-card")
-    assert narrow.evaluate("document.documentElement.scrollWidth") <= 380
-    narrow.screenshot(path=str(artefacts / "10-narrow-image.png"), full_page=True)
-    # keyboard: the picker button is reachable with Tab and is a real button
-    narrow.focus("#tab-image")
-    narrow.keyboard.press("Tab")   # into the panel
+    # Keyboard only: Home selects the first tab, Tab reaches the picker (panel first), Enter opens the file chooser.
+    narrow.focus("#tab-audio")
+    narrow.keyboard.press("Home")
+    assert narrow.get_attribute("#tab-image", "aria-selected") == "true"
+    narrow.keyboard.press("Tab")   # the tab panel
     narrow.keyboard.press("Tab")
     assert narrow.evaluate("document.activeElement.id") == "image-pick"
+    with narrow.expect_file_chooser() as chooser:
+        narrow.keyboard.press("Enter")
+    assert chooser.value.is_multiple()
+    chooser.value.set_files([{"name": "a-green-image-with-a-long-file-name.png", "mimeType": "image/png",
+                              "buffer": png((20, 200, 20))}])
+    narrow.wait_for_selector(".image-card")
+    assert narrow.locator(".image-card").get_attribute("data-label") == "green"
+    assert narrow.evaluate("document.documentElement.scrollWidth") <= 380
+    narrow.screenshot(path=str(artefacts / "10-narrow-image.png"), full_page=True)
     context.close()
     assert watch.external() == [] and watch.unexpected_errors() == []
     print(f"\ndemo page screenshots: {artefacts}")
