@@ -36,6 +36,6 @@ class Settings(BaseSettings):
     max_audio_seconds: float = Field(600.0, gt=0, description="recording length per /transcribe request (413)")
 
     # Server (python -m service)
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    log_level: str = "info"
+    host: str = Field("127.0.0.1", description="bind address (--host overrides)")
+    port: int = Field(8000, ge=0, le=65535, description="port (--port overrides)")
+    log_level: str = Field("info", description="debug, info, warning, error")
