@@ -74,3 +74,21 @@ def test_torch_compile_matches_eager_forward_and_backward(stack):
     torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-4)
     for a, b in zip(grads_c, grads_e):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch,config", [("complex_resnet", {"width": 4, "blocks_per_stage": 1}),
+                                         ("complex_resnet9", {"widths": [4, 8, 8, 8]})])
+def test_project_complex_resnets_export_to_onnx(arch, config, tmp_path):
+    """The architectures the project trains and serves export too (small widths keep this quick)."""
+    ort = pytest.importorskip("onnxruntime")
+    from models.checkpoint import build_model
+    torch.manual_seed(0)
+    model = build_model(arch, config).eval()
+    x = torch.rand(2, 3, 32, 32)
+    exported = torch.export.export(model, (x,))
+    torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
+    path = tmp_path / f"{arch}.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-4, atol=1e-4)
