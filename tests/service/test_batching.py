@@ -161,12 +161,12 @@ def test_long_and_short_recordings_progress_together(slow_checkpoints):
             finished[name] = time.monotonic()
             return len(r.json()["times"])
         with ThreadPoolExecutor(2) as pool:
-            frames = list(pool.map(go, ["long", "short"], [12.0, 0.5]))
+            frames = list(pool.map(go, ["long", "short"], [20.0, 0.5]))
         text = c.get("/metrics").text
-    assert frames == [1201, 51]
-    # 49 windows for the long one at 4 per 0.05 s pass: ~0.6 s; the short one must not wait for all of them
+    assert frames == [2001, 51]
+    # 81 windows for the long one at 4 per 0.05 s pass: > 1 s; the short one must not wait for all of them
     assert finished["short"] < finished["long"]
-    assert metric(text, "dcn_batch_size_sum", model="transcriber") == 49 + 3
+    assert metric(text, "dcn_batch_size_sum", model="transcriber") == 81 + 3
 
 
 def test_queue_full_returns_503_with_retry_after(slow_checkpoints):
