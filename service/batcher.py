@@ -52,7 +52,8 @@ class Batcher:
         self.max_queue_size = max_queue_size
         self.on_batch = on_batch  # (batch size, seconds) -> None, for metrics
         self.depth = 0            # items waiting in the queue (not yet in a batch)
-        self._jobs: deque[_Job] = deque()
+        self._jobs: deque[_Job] = deque()  # jobs with items still waiting, in round-robin order
+        self._live: set[_Job] = set()        # every job not yet answered (waiting or in a running batch)
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         # One thread per model: forward passes of one model never overlap, and never block the event loop.
@@ -74,7 +75,7 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
-        for job in self._jobs:
+        for job in list(self._live):
             if not job.future.done():
                 job.future.set_exception(BatcherStopped(f"{self.name} is shutting down"))
         self._jobs.clear()
@@ -95,6 +96,7 @@ class Batcher:
             raise QueueFull(f"{self.name} queue is full ({self.depth} items waiting)")
         job = _Job(items, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
+        self._live.add(job)
         self.depth += len(items)
         self._wakeup.set()
         try:
@@ -103,6 +105,7 @@ class Batcher:
             # Done, failed, timed out, or the request was cancelled (client went away): whatever of
             # this job still waits leaves the queue now, so no forward pass is spent on it.
             job.cancelled = True
+            self._live.discard(job)
             self.depth -= job.waiting
             job.next = len(job.items)
 

@@ -193,3 +193,20 @@ def test_deadline_returns_504(slow_checkpoints):
     assert metric(text, "dcn_rejected_total", model="classifier", reason="timeout") == 3
     assert metric(text, "dcn_queue_depth", model="classifier") == 0
     assert metric(text, "dcn_items_total", model="classifier") <= 1  # only the batch already running
+
+
+def test_stop_answers_every_waiting_request():
+    async def main():
+        rec = Recorder()
+        rec.gate.clear()  # the first batch hangs in process() until the gate opens
+        b = Batcher("t", rec, max_batch_size=1, max_batch_delay_ms=0, max_queue_size=10)
+        b.start()
+        running = asyncio.create_task(b.submit([1]))
+        waiting = asyncio.create_task(b.submit([2]))
+        await asyncio.sleep(0.05)
+        threading.Timer(0.2, rec.gate.set).start()  # let the executor thread finish so stop() can join it
+        await b.stop()
+        for task in (running, waiting):
+            with pytest.raises(BatcherStopped):
+                await asyncio.wait_for(task, 1)
+    run(main())
