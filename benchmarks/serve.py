@@ -144,7 +144,7 @@ def start_service(env: dict[str, str]) -> tuple[subprocess.Popen, int]:
 def hardware() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
         cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except (OSError, StopIteration):
         pass

@@ -11,9 +11,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Awaitable, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -303,8 +304,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/classify", response_model=ClassifyResponse, responses=UPLOAD_ERRORS,
               summary="Classify one or more images (PNG, JPEG, BMP, GIF, WebP; any size)")
-    async def classify(request: Request, file: list[UploadFile] = File(
-            ..., description="image file; repeat the field for several images")) -> dict[str, Any]:
+    async def classify(request: Request, file: Annotated[list[UploadFile], File(
+            description="image file; repeat the field for several images")]) -> dict[str, Any]:
         if len(file) > settings.max_files:
             raise HTTPException(413, f"{len(file)} files; the limit is {settings.max_files} per request")
         service.check_ready()
@@ -332,7 +333,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                 "content": {"application/octet-stream": {}, "audio/midi": {}}}})
     async def transcribe(
             request: Request,
-            file: UploadFile = File(..., description="audio file"),
+            file: Annotated[UploadFile, File(description="audio file")],
             onset_threshold: float = Query(0.5, ge=0, le=1, description="a note must reach this probability"),
             frame_threshold: float = Query(0.3, ge=0, le=1, description="a note lasts while above this"),
             min_note_length: float = Query(0.05, ge=0, le=60, description="shorter notes are dropped (seconds)"),

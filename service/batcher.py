@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 
 class QueueFull(Exception):
@@ -24,7 +25,7 @@ class BatcherStopped(Exception):
 
 
 class _Job:
-    __slots__ = ("items", "results", "next", "done", "future", "cancelled")
+    __slots__ = ("cancelled", "done", "future", "items", "next", "results")
 
     def __init__(self, items: Sequence[Any], future: asyncio.Future) -> None:
         self.items = items
@@ -146,7 +147,7 @@ class Batcher:
                 results = await loop.run_in_executor(self._executor, self.process, [j.items[i] for j, i in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"{self.name}: process returned {len(results)} results for {len(batch)} items")
-            except Exception as e:  # a failed batch fails its requests, not the worker
+            except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the worker
                 for job, _ in batch:
                     if not job.future.done():
                         job.future.set_exception(e)

@@ -39,7 +39,7 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> torch.T
             img = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as e:
         raise DecodeError(400, f"image too large to decode (decompression bomb?): {e}") from None
-    except Exception:
+    except Exception:  # noqa: BLE001 - PIL signals "not an image" with many exception types
         raise DecodeError(415, "not an image in a supported format (PNG, JPEG, BMP, GIF, WebP)") from None
     if img.format not in IMAGE_FORMATS:
         raise DecodeError(415, f"unsupported image format {img.format}; use PNG, JPEG, BMP, GIF or WebP")
@@ -57,7 +57,7 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> torch.T
             img.draft("RGB", (2 * w, 2 * h))  # JPEG: decode at a reduced scale, much cheaper for photos
             img = ImageOps.exif_transpose(img) or img
             img = img.convert("RGB").resize((w, h), Image.BILINEAR, reducing_gap=2.0)
-    except Exception as e:  # PIL raises many types for truncated or corrupt data
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for truncated or corrupt data
         raise DecodeError(400, f"cannot decode {img.format} image: {type(e).__name__}: {e}") from None
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
@@ -68,7 +68,7 @@ def decode_audio(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
         raise DecodeError(400, "empty file")
     try:
         f = sf.SoundFile(io.BytesIO(data))
-    except Exception:
+    except Exception:  # noqa: BLE001 - libsndfile's "unknown format" and cffi errors alike
         raise DecodeError(415, "not an audio file in a supported format (WAV, FLAC, OGG, MP3)") from None
     with f:
         if f.format not in AUDIO_FORMATS:
@@ -95,7 +95,7 @@ def decode_audio(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
                 blocks.append(block.mean(axis=1, dtype=np.float32))
         except DecodeError:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - corrupt data surfaces as assorted libsndfile errors
             raise DecodeError(400, f"cannot decode {f.format} audio: {type(e).__name__}: {e}") from None
     if n == 0:
         raise DecodeError(400, "audio has no samples")

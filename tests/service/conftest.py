@@ -7,9 +7,9 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -26,6 +26,7 @@ from service.app import create_app
 from service.settings import Settings
 
 from .tiny_models import make_checkpoints
+
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> tuple[Path, Path]:

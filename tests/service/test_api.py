@@ -214,9 +214,8 @@ def test_startup_fails_fast(checkpoints, tmp_path):
              (checkpoints[1], checkpoints[1], "is a 'transcription' checkpoint")]
     for cls, tr, message in cases:
         app = create_app(Settings(classifier_checkpoint=cls, transcriber_checkpoint=tr))
-        with pytest.raises(CheckpointError, match=message):
-            with TestClient(app):
-                pass
+        with pytest.raises(CheckpointError, match=message), TestClient(app):
+            pass
 
 
 def test_settings_from_environment(monkeypatch):
