@@ -1,0 +1,100 @@
+"""Audio degradations that make synthesised music look like real recordings.
+
+Shared by the corpus renderer (applied once, at 44.1 kHz, where cheap) and the MusicNet trainer
+(applied on the fly to every training crop, at the model rate). Every function takes a numpy
+Generator so a seed reproduces the exact result. None of them moves notes in time or pitch, so
+labels stay valid (reverb tails and detuning of a few cents are what real recordings do too).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import signal
+
+
+def _biquad(kind: str, f0: float, gain_db: float, q: float, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """RBJ audio-EQ-cookbook peaking / shelving filter coefficients (b, a)."""
+    a_lin = 10 ** (gain_db / 40)
+    w0 = 2 * np.pi * min(f0, 0.45 * sr) / sr
+    alpha = np.sin(w0) / (2 * q)
+    cw = np.cos(w0)
+    if kind == "peak":
+        b = [1 + alpha * a_lin, -2 * cw, 1 - alpha * a_lin]
+        a = [1 + alpha / a_lin, -2 * cw, 1 - alpha / a_lin]
+    else:
+        sq = 2 * np.sqrt(a_lin) * alpha
+        if kind == "low":
+            b = [a_lin * ((a_lin + 1) - (a_lin - 1) * cw + sq), 2 * a_lin * ((a_lin - 1) - (a_lin + 1) * cw),
+                 a_lin * ((a_lin + 1) - (a_lin - 1) * cw - sq)]
+            a = [(a_lin + 1) + (a_lin - 1) * cw + sq, -2 * ((a_lin - 1) + (a_lin + 1) * cw),
+                 (a_lin + 1) + (a_lin - 1) * cw - sq]
+        else:  # high shelf
+            b = [a_lin * ((a_lin + 1) + (a_lin - 1) * cw + sq), -2 * a_lin * ((a_lin - 1) + (a_lin + 1) * cw),
+                 a_lin * ((a_lin + 1) + (a_lin - 1) * cw - sq)]
+            a = [(a_lin + 1) - (a_lin - 1) * cw + sq, 2 * ((a_lin - 1) - (a_lin + 1) * cw),
+                 (a_lin + 1) - (a_lin - 1) * cw - sq]
+    b, a = np.asarray(b), np.asarray(a)
+    return b / a[0], a / a[0]
+
+
+def random_eq(x: np.ndarray, sr: int, rng: np.random.Generator, max_db: float = 9.0) -> np.ndarray:
+    """Microphone / room colouration: a low shelf, a high shelf and 1-2 peaks with random gains."""
+    sos = []
+    bands = [("low", rng.uniform(80, 400), 0.7), ("high", rng.uniform(2000, 0.4 * sr), 0.7)]
+    bands += [("peak", float(np.exp(rng.uniform(np.log(150), np.log(0.35 * sr)))), rng.uniform(0.5, 3.0))
+              for _ in range(rng.integers(1, 3))]
+    for kind, f0, q in bands:
+        b, a = _biquad(kind, f0, rng.uniform(-max_db, max_db), q, sr)
+        sos.append(np.concatenate([b, a]))
+    return signal.sosfilt(np.stack(sos), x).astype(np.float32)
+
+
+def synthetic_rir(sr: int, rng: np.random.Generator, rt60: float | None = None) -> np.ndarray:
+    """Room impulse response: direct path + exponentially decaying noise tail with early reflections."""
+    rt60 = rng.uniform(0.2, 1.8) if rt60 is None else rt60
+    n = int(min(rt60, 1.5) * sr)
+    t = np.arange(n) / sr
+    tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)
+    tail = signal.lfilter([1.0], [1.0, -rng.uniform(0.3, 0.8)], tail)  # air absorbs highs faster
+    tail[: int(0.005 * sr)] = 0.0
+    for _ in range(rng.integers(2, 6)):  # a few discrete early reflections
+        k = int(rng.uniform(0.003, 0.04) * sr)
+        if k < n:
+            tail[k] += rng.uniform(-1, 1) * 3
+    tail *= rng.uniform(0.05, 0.4) / (np.sqrt((tail ** 2).sum()) + 1e-9)  # direct-to-reverberant ratio
+    tail[0] = 1.0
+    return tail.astype(np.float32)
+
+
+def add_reverb(x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+    y = signal.fftconvolve(x, synthetic_rir(sr, rng))[: len(x)]
+    return y.astype(np.float32)
+
+
+def add_noise(x: np.ndarray, rng: np.random.Generator, snr_db: float | None = None) -> np.ndarray:
+    """White/pink/brown background noise (hiss, hum-free room tone) at a random SNR."""
+    snr_db = rng.uniform(20, 50) if snr_db is None else snr_db
+    noise = rng.standard_normal(len(x))
+    colour = rng.integers(0, 3)
+    if colour == 1:
+        noise = signal.lfilter([0.049922, -0.095993, 0.050612, -0.004408], [1, -2.494956, 2.017265, -0.522189], noise)
+    elif colour == 2:
+        noise = signal.lfilter([1.0], [1.0, -0.98], noise)
+    p_sig = float(np.mean(x ** 2)) + 1e-10
+    noise *= np.sqrt(p_sig / (10 ** (snr_db / 10)) / (np.mean(noise ** 2) + 1e-12))
+    return (x + noise).astype(np.float32)
+
+
+def normalise_peak(x: np.ndarray, peak_db: float) -> np.ndarray:
+    return (x * (10 ** (peak_db / 20) / (np.abs(x).max() + 1e-9))).astype(np.float32)
+
+
+def degrade(x: np.ndarray, sr: int, rng: np.random.Generator, p_reverb: float = 0.5, p_eq: float = 0.7,
+            p_noise: float = 0.5) -> np.ndarray:
+    """The random chain used for training crops: reverb, EQ, noise, level."""
+    if rng.random() < p_reverb:
+        x = add_reverb(x, sr, rng)
+    if rng.random() < p_eq:
+        x = random_eq(x, sr, rng)
+    if rng.random() < p_noise:
+        x = add_noise(x, rng)
+    return (x * 10 ** (rng.uniform(-20, 6) / 20)).astype(np.float32)  # recording level

@@ -1,0 +1,420 @@
+"""Corpus renderer: real scores from music21's bundled corpus -> a dataset in the MusicNet layout.
+
+    python -m training.data.render --out /work/data/musicnet-rendered --hours 10 --seed 0
+
+writes ``train_data/*.wav`` and ``test_data/*.wav`` (mono, 44.1 kHz, 16 bit), ``train_labels/*.csv``
+and ``test_labels/*.csv`` (MusicNet's columns: start_time,end_time,instrument,note,start_beat,end_beat,
+note_value; times in samples at 44.1 kHz, instrument the 1-based General MIDI program as in MusicNet)
+and ``metadata.jsonl`` (one line per recording: piece, ensemble, programs, soundfont, tempo, ...).
+
+Each recording is one piece played by one of MusicNet's ensemble types with random programs per
+family, soundfont, tempo, dynamics, per-part mixing levels, vibrato, detuning, FluidSynth reverb and
+chorus, stereo-to-mono mix, microphone EQ, noise and level. Train/test are split by work (chorales by
+melody, so two harmonisations of one tune never straddle the split); the chorales reserved for
+independent evaluation (RESERVED_BWV) and every chorale sharing a melody with them are excluded.
+Everything derives from ``--seed``: the same seed and corpus give the same files.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+MUSICNET_RATE = 44100
+CSV_HEADER = "start_time,end_time,instrument,note,start_beat,end_beat,note_value"
+RESERVED_BWV = ("255", "256", "273", "274", "275", "296", "297", "326", "327", "364", "385", "48.3", "62.6", "114.7")
+SOUNDFONT_CANDIDATES = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/TimGM6mb.sf2",
+                        "/usr/share/sounds/sf3/MuseScore_General.sf3")
+# Composers of the music21 corpus with real multi-part art music (the folk-song collections are
+# monophonic tunes, left out). Pieces per composer are capped so Palestrina does not dominate.
+COMPOSERS = {"bach": 450, "beethoven": 30, "mozart": 30, "haydn": 30, "monteverdi": 100, "palestrina": 220,
+             "trecento": 60, "josquin": 10, "corelli": 5, "handel": 5, "schubert": 5, "chopin": 5,
+             "weber": 5, "cpebach": 5, "schumann": 5, "verdi": 5, "joplin": 5, "luca": 5, "ciconia": 5}
+
+# General MIDI programs (0-based) per family; several per family so timbres vary like real instruments.
+FAMILIES = {
+    "piano": [0, 0, 0, 1, 2],
+    "harpsichord": [6, 6, 7],
+    "violin": [40, 40, 40, 110],
+    "viola": [41, 41, 40],
+    "cello": [42, 42, 43],
+    "bass": [43, 42],
+    "flute": [73, 73, 72, 74],
+    "oboe": [68, 68, 69],
+    "clarinet": [71],
+    "bassoon": [70],
+    "horn": [60, 60, 61],
+    "organ": [19, 20, 16],
+}
+# MusicNet's ensemble types, as the families that play the parts from the highest to the lowest.
+# "*" repeats the previous family for any further parts; "piano:" parts share one piano.
+ENSEMBLES = {
+    "solo_piano": (0.28, ["piano*"]),
+    "harpsichord": (0.07, ["harpsichord*"]),
+    "string_quartet": (0.17, ["violin", "violin", "viola", "cello", "cello*"]),
+    "accompanied_violin": (0.08, ["violin", "piano*"]),
+    "accompanied_cello": (0.04, ["cello", "piano*"]),
+    "piano_trio": (0.06, ["violin", "piano", "piano", "cello", "piano*"]),
+    "wind_quintet": (0.08, ["flute", "oboe", "clarinet", "horn", "bassoon", "bassoon*"]),
+    "clarinet_quintet": (0.05, ["clarinet", "violin", "viola", "cello", "cello*"]),
+    "horn_piano": (0.04, ["horn", "piano*"]),
+    "wind_and_strings": (0.07, ["flute", "violin", "clarinet", "viola", "bassoon", "cello*"]),
+    "organ": (0.03, ["organ*"]),
+    "string_orchestra": (0.03, ["violin", "violin", "viola", "cello", "bass*"]),
+}
+
+
+@dataclass
+class RenderConfig:
+    out: str = "/work/data/musicnet-rendered"
+    hours: float = 10.0            # training audio to render (test split comes on top)
+    test_fraction: float = 0.10    # of works, by hash of (seed, work)
+    variants: int = 2              # renders per training piece (different ensemble, tempo, soundfont, ...)
+    seed: int = 0
+    workers: int = 1
+    max_seconds: float = 420.0     # longer movements are cut (keeps one huge quartet from dominating)
+    soundfonts: list[str] = field(default_factory=lambda: [p for p in SOUNDFONT_CANDIDATES if os.path.exists(p)])
+    pieces: list[str] = field(default_factory=list)  # explicit corpus paths (tests); default: COMPOSERS
+
+
+# ----------------------------------------------------------------------------------------------- pieces
+
+def corpus_pieces(seed: int) -> list[str]:
+    """Corpus paths, deduplicated (the same movement as .krn and .mxl counts once), shuffled by seed."""
+    from music21 import corpus
+    rng = np.random.default_rng(seed)
+    out = []
+    for composer, cap in COMPOSERS.items():
+        try:
+            paths = [Path(p) for p in corpus.getComposer(composer)]
+        except Exception:  # noqa: BLE001 - a composer missing from this music21 version
+            continue
+        by_stem: dict[str, Path] = {}
+        for p in sorted(paths):
+            key = str(p.with_suffix(""))
+            pref = {".mxl": 0, ".xml": 1, ".musicxml": 1, ".krn": 2}.get(p.suffix, 3)
+            if key not in by_stem or pref < {".mxl": 0, ".xml": 1, ".musicxml": 1, ".krn": 2}.get(by_stem[key].suffix, 3):
+                by_stem[key] = p
+        chosen = sorted(by_stem.values())
+        if len(chosen) > cap:
+            chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), cap, replace=False))]
+        out += [str(p) for p in chosen]
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def bwv_of(path: str) -> str | None:
+    name = Path(path).stem
+    return name[3:] if name.startswith("bwv") else None
+
+
+def melody_signature(score, n: int = 14) -> str:
+    """Transposition-invariant contour of the top part's first ``n`` pitch changes (repeats merged)."""
+    part = score.parts[0] if len(score.parts) else score
+    midi = []
+    for nt in part.flatten().notes:
+        p = nt.pitches[-1].midi if nt.isChord else nt.pitch.midi
+        if not midi or midi[-1] != p:
+            midi.append(p)
+    return ",".join(str(b - a) for a, b in zip(midi, midi[1:n + 1]))
+
+
+def reserved_signatures() -> set[str]:
+    from music21 import corpus
+    sigs = set()
+    for bwv in RESERVED_BWV:
+        try:
+            sigs.add(melody_signature(corpus.parse(f"bach/bwv{bwv}")))
+        except Exception as e:  # noqa: BLE001
+            print(f"warning: reserved chorale BWV {bwv} not in corpus ({e}); excluded by number only", file=sys.stderr)
+    return sigs
+
+
+def work_key(path: str) -> str:
+    """Movements of one work share a split: the folder under the composer for multi-movement works."""
+    p = Path(path)
+    parts = p.parts
+    rel = parts[parts.index("corpus") + 1:] if "corpus" in parts else parts
+    return "/".join(rel[:2]) if len(rel) > 2 else "/".join(rel).rsplit(".", 1)[0]
+
+
+def split_of(key: str, seed: int, test_fraction: float) -> str:
+    h = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if h < test_fraction else "train"
+
+
+# ----------------------------------------------------------------------------------------------- scores
+
+def score_to_midi(path: str, tmpdir: str):
+    """music21 parse -> MIDI -> pretty_midi (+ seconds per quarter note of the export, for beats)."""
+    import pretty_midi
+    from music21 import corpus
+    score = corpus.parse(path)
+    mid = os.path.join(tmpdir, "score.mid")
+    score.write("midi", fp=mid)
+    return score, pretty_midi.PrettyMIDI(mid)
+
+
+NOTE_VALUES = {4.0: "Whole", 3.0: "Dotted Half", 2.0: "Half", 1.5: "Dotted Quarter", 1.0: "Quarter",
+               0.75: "Dotted Eighth", 0.5: "Eighth", 0.375: "Dotted Sixteenth", 0.25: "Sixteenth",
+               0.125: "Thirty Second", 2 / 3: "Triplet Quarter", 1 / 3: "Triplet Eighth", 1 / 6: "Triplet Sixteenth"}
+
+
+def note_value(beats: float) -> str:
+    for v, name in NOTE_VALUES.items():
+        if abs(beats - v) < 1e-3:
+            return name
+    return str(Fraction(beats).limit_denominator(64))
+
+
+def pick_ensemble(rng: np.random.Generator) -> str:
+    names = list(ENSEMBLES)
+    w = np.array([ENSEMBLES[n][0] for n in names])
+    return names[rng.choice(len(names), p=w / w.sum())]
+
+
+def assign_families(ensemble: str, n_parts: int) -> list[str]:
+    slots = ENSEMBLES[ensemble][1]
+    fams = []
+    for i in range(n_parts):
+        slot = slots[min(i, len(slots) - 1)]
+        fams.append(slot.rstrip("*"))
+    return fams
+
+
+def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_seconds: float):
+    """A new PrettyMIDI: parts -> instruments of the ensemble (by register), tempo, dynamics, mix, detune."""
+    import pretty_midi
+    parts = [inst for inst in pm.instruments if inst.notes and not inst.is_drum]
+    parts.sort(key=lambda inst: -float(np.median([n.pitch for n in inst.notes])))
+    fams = assign_families(ensemble, len(parts))
+    programs = {f: int(rng.choice(FAMILIES[f])) for f in set(fams)}  # one program per family per render
+    out = pretty_midi.PrettyMIDI(resolution=pm.resolution, initial_tempo=120.0)
+    scale = 1.0 / tempo
+    global_cents = rng.normal(0, 6)  # the whole band a little off A440, as real ensembles are
+    merged: dict[str, pretty_midi.Instrument] = {}
+    rows = []
+    spq = 60.0 / 120.0
+    try:
+        tempi_t, tempi = pm.get_tempo_changes()
+        spq = 60.0 / float(tempi[0])  # music21 exports one tempo unless the score changes it
+    except Exception:  # noqa: BLE001
+        pass
+    base_vel = rng.uniform(45, 105)
+    swell_period, swell_depth = rng.uniform(8, 40), rng.uniform(0, 18)
+    for part, fam in zip(parts, fams):
+        program = programs[fam]
+        # Keyboard parts merge into one instrument (one player); others stay separate voices.
+        key = fam if fam in ("piano", "harpsichord", "organ") else f"{fam}:{len(merged)}"
+        if key not in merged:
+            merged[key] = pretty_midi.Instrument(program=program, name=key)
+            inst = merged[key]
+            inst._level = rng.uniform(-8, 4)  # per-part mixing level, dB of velocity
+            inst._cents = global_cents + rng.normal(0, 4)
+            inst._vibrato = int(rng.uniform(0, 50)) if fam not in ("piano", "harpsichord", "organ") else 0
+        inst = merged[key]
+        for n in part.notes:
+            start, end = n.start * scale, n.end * scale
+            if start >= max_seconds:
+                continue
+            end = min(end, max_seconds)
+            if end - start < 0.02:
+                continue
+            vel = base_vel + swell_depth * np.sin(2 * np.pi * start / swell_period) + inst._level * 3 + rng.normal(0, 7)
+            vel = int(np.clip(vel, 20, 127))
+            inst.notes.append(pretty_midi.Note(velocity=vel, pitch=n.pitch, start=start, end=end))
+            rows.append((start, end, program + 1, n.pitch, n.start / spq, n.end / spq))
+    for inst in merged.values():
+        inst.notes.sort(key=lambda n: (n.start, n.pitch))
+        bend = int(np.clip(round(inst._cents / 200 * 8192), -8191, 8191))  # default bend range is +-2 semitones
+        inst.pitch_bends.append(pretty_midi.PitchBend(bend, 0.0))
+        inst.control_changes.append(pretty_midi.ControlChange(1, inst._vibrato, 0.0))  # mod wheel = vibrato
+        inst.control_changes.append(pretty_midi.ControlChange(7, int(rng.uniform(85, 127)), 0.0))
+        inst.control_changes.append(pretty_midi.ControlChange(10, int(rng.uniform(20, 108)), 0.0))  # pan
+        out.instruments.append(inst)
+    info = {"programs": sorted({p + 1 for p in programs.values()}), "families": sorted(set(fams)),
+            "cents": round(global_cents, 2)}
+    return out, rows, info
+
+
+def fluidsynth_render(midi_path: str, wav_path: str, soundfont: str, rng: np.random.Generator) -> dict:
+    reverb = rng.random() < 0.7
+    room = {"synth.reverb.room-size": round(rng.uniform(0.1, 0.9), 2), "synth.reverb.damp": round(rng.uniform(0, 0.8), 2),
+            "synth.reverb.width": round(rng.uniform(0.5, 1.0), 2), "synth.reverb.level": round(rng.uniform(0.2, 0.9), 2)}
+    chorus = rng.random() < 0.3
+    cmd = ["fluidsynth", "-ni", "-q", "-r", str(MUSICNET_RATE), "-g", "0.5", "-R", "1" if reverb else "0",
+           "-C", "1" if chorus else "0", "-o", "synth.polyphony=512", "-F", wav_path, "-T", "wav", "-O", "s16"]
+    if reverb:
+        for k, v in room.items():
+            cmd += ["-o", f"{k}={v}"]
+    cmd += [soundfont, midi_path]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    return {"reverb": room if reverb else None, "chorus": chorus}
+
+
+def write_labels(path: Path, rows: list[tuple]) -> None:
+    rows = sorted(rows, key=lambda r: (r[0], r[3]))
+    with open(path, "w") as f:
+        f.write(CSV_HEADER + "\n")
+        for start, end, inst, pitch, sb, eb in rows:
+            f.write(f"{int(round(start * MUSICNET_RATE))},{int(round(end * MUSICNET_RATE))},{inst},{pitch},"
+                    f"{sb:.4g},{eb - sb:.4g},{note_value(eb - sb)}\n")
+
+
+# ----------------------------------------------------------------------------------------------- worker
+
+def render_piece(task: tuple) -> list[dict]:
+    """Render all variants of one piece; returns metadata records (empty if excluded or unusable)."""
+    import soundfile as sf
+    from training.data.augment_audio import add_noise, normalise_peak, random_eq
+    index, path, cfg_dict, reserved = task
+    cfg = RenderConfig(**cfg_dict)
+    bwv = bwv_of(path)
+    if bwv is not None and bwv in RESERVED_BWV:
+        return [{"excluded": path, "why": "reserved BWV"}]
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            score, pm = score_to_midi(path, tmp)
+        except Exception as e:  # noqa: BLE001 - a few corpus files do not convert
+            return [{"skipped": path, "why": f"{type(e).__name__}: {e}"[:200]}]
+        key = work_key(path)
+        if bwv is not None:
+            sig = melody_signature(score)
+            if sig in reserved:
+                return [{"excluded": path, "why": "same melody as a reserved chorale"}]
+            key = "chorale-melody:" + sig
+        split = split_of(key, cfg.seed, cfg.test_fraction)
+        n_notes = sum(len(i.notes) for i in pm.instruments)
+        if n_notes < 20 or pm.get_end_time() < 8:
+            return [{"skipped": path, "why": "too short"}]
+        for v in range(cfg.variants if split == "train" else 1):
+            rng = np.random.default_rng([cfg.seed, index, v])
+            ensemble = pick_ensemble(rng)
+            tempo = float(np.exp(rng.uniform(np.log(0.75), np.log(1.3))))
+            arranged, rows, info = arrange(pm, rng, ensemble, tempo, cfg.max_seconds)
+            if not rows:
+                continue
+            soundfont = cfg.soundfonts[rng.integers(len(cfg.soundfonts))]
+            mid = os.path.join(tmp, f"v{v}.mid")
+            arranged.write(mid)
+            stereo = os.path.join(tmp, f"v{v}.wav")
+            fx = fluidsynth_render(mid, stereo, soundfont, rng)
+            audio, sr = sf.read(stereo, dtype="float32", always_2d=True)
+            # Stereo -> mono as a microphone somewhere between the two channels would hear it.
+            a = rng.uniform(0.2, 0.8)
+            x = a * audio[:, 0] + (1 - a) * audio[:, -1]
+            end = int(round(max(r[1] for r in rows) * sr)) + int(rng.uniform(0.3, 1.5) * sr)
+            x = x[:end]
+            eq = rng.random() < 0.6
+            if eq:
+                x = random_eq(x, sr, rng, max_db=6.0)
+            snr = float(rng.uniform(25, 60)) if rng.random() < 0.4 else None
+            if snr is not None:
+                x = add_noise(x, rng, snr)
+            peak = float(rng.uniform(-12, -1))
+            x = normalise_peak(x, peak)
+            rec_id = f"{index:04d}{v}"
+            root = Path(cfg.out)
+            sf.write(root / f"{split}_data" / f"{rec_id}.wav", x, sr, subtype="PCM_16")
+            write_labels(root / f"{split}_labels" / f"{rec_id}.csv", rows)
+            records.append({"id": rec_id, "split": split, "piece": path.split("corpus/")[-1], "work": key,
+                            "ensemble": ensemble, "soundfont": Path(soundfont).name, "tempo": round(tempo, 3),
+                            "seconds": round(len(x) / sr, 2), "notes": len(rows), "eq": eq, "snr_db": snr,
+                            "peak_db": round(peak, 1), **info, **fx})
+    return records
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def render(cfg: RenderConfig) -> dict:
+    from tqdm import tqdm
+    if shutil.which("fluidsynth") is None:
+        raise SystemExit("fluidsynth not found: run scripts/install-system-deps.sh (Debian package fluidsynth)")
+    if not cfg.soundfonts:
+        raise SystemExit("no soundfont found: install fluid-soundfont-gm / timgm6mb-soundfont")
+    root = Path(cfg.out)
+    for d in ("train_data", "train_labels", "test_data", "test_labels"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    pieces = cfg.pieces or corpus_pieces(cfg.seed)
+    reserved = reserved_signatures()
+    tasks = [(i, p, asdict(cfg), reserved) for i, p in enumerate(pieces)]
+    t0 = time.time()
+    hours = {"train": 0.0, "test": 0.0}
+    kept, excluded, skipped = [], [], []
+    bar = tqdm(total=round(cfg.hours, 2), desc="train hours", unit="h", dynamic_ncols=True)
+    pool = mp.get_context("spawn").Pool(cfg.workers) if cfg.workers > 1 else None
+    results = pool.imap(render_piece, tasks) if pool else map(render_piece, tasks)
+    consumed = 0
+    try:
+        for recs in results:
+            consumed += 1
+            for r in recs:
+                if "excluded" in r:
+                    excluded.append(r)
+                elif "skipped" in r:
+                    skipped.append(r)
+                else:
+                    kept.append(r)
+                    hours[r["split"]] += r["seconds"] / 3600
+                    if r["split"] == "train":
+                        bar.update(round(r["seconds"] / 3600, 4))
+            bar.set_postfix(pieces=consumed, test_h=round(hours["test"], 2))
+            if hours["train"] >= cfg.hours:
+                break
+    finally:
+        if pool:
+            pool.terminate()
+        bar.close()
+    # Tasks in flight past the cut-off may have written files: remove them so the dataset is exactly
+    # the first `consumed` pieces and the same seed reproduces the same files.
+    done = {r["id"] for r in kept}
+    for d in ("train_data", "train_labels", "test_data", "test_labels"):
+        for f in (root / d).iterdir():
+            if f.stem not in done:
+                f.unlink()
+    with open(root / "metadata.jsonl", "w") as f:
+        for r in kept:
+            f.write(json.dumps(r) + "\n")
+    summary = {"config": asdict(cfg), "pieces_consumed": consumed, "recordings": len(kept),
+               "train_hours": round(hours["train"], 3), "test_hours": round(hours["test"], 3),
+               "excluded": excluded, "skipped": skipped, "wall_seconds": round(time.time() - t0, 1),
+               "command": " ".join([Path(sys.executable).name, "-m", "training.data.render", *sys.argv[1:]])}
+    (root / "render_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = RenderConfig()
+    ap.add_argument("--out", default=d.out)
+    ap.add_argument("--hours", type=float, default=d.hours, help="hours of training audio to render")
+    ap.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    ap.add_argument("--variants", type=int, default=d.variants)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--workers", type=int, default=d.workers)
+    ap.add_argument("--max-seconds", type=float, default=d.max_seconds)
+    ap.add_argument("--soundfont", action="append", dest="soundfonts", help="repeatable; default: all installed GM fonts")
+    ap.add_argument("--piece", action="append", dest="pieces", help="music21 corpus path (repeatable); default: corpus")
+    a = ap.parse_args(argv)
+    cfg = RenderConfig(out=a.out, hours=a.hours, test_fraction=a.test_fraction, variants=a.variants, seed=a.seed,
+                       workers=a.workers, max_seconds=a.max_seconds, soundfonts=a.soundfonts or d.soundfonts,
+                       pieces=a.pieces or [])
+    s = render(cfg)
+    print(json.dumps({k: v for k, v in s.items() if k not in ("excluded", "skipped", "config")}
+                     | {"excluded": len(s["excluded"]), "skipped": len(s["skipped"])}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

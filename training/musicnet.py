@@ -1,0 +1,397 @@
+"""Music transcription on MusicNet-layout data: train, evaluate, transcribe.
+
+    python -m training.musicnet train --data /work/data/musicnet-rendered --arch complex_frame_transcriber \\
+        --minutes 45 --out runs/musicnet/frame
+    python -m training.musicnet evaluate --checkpoint models/checkpoints/musicnet_complex.pt \\
+        --data /work/data/musicnet-rendered [--write-meta]
+    python -m training.musicnet transcribe piece.wav --out piece.mid --out piece.npz --out piece.csv
+
+Multi-GPU: ``torchrun --nproc_per_node=N -m training.musicnet train ...`` (DDP; every rank samples
+its own random crops). Training stops at ``--steps`` or ``--minutes``, whichever comes first; the
+learning-rate schedule follows whichever is further along, so a time-boxed run still anneals.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.checkpoint import build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from models.transcription import notes_from_probabilities, notes_to_midi, transcribe, window_samples
+from training.loop import (JsonlLogger, all_reduce_sum, autocast, git_commit, hardware_string, load_training_state,
+                           progress, save_training_state, seed_everything, setup_runtime, teardown, unwrap, wrap_ddp)
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex.pt"
+DEFAULT_DATA = "/work/data/musicnet-rendered"
+
+
+@dataclass
+class TrainConfig:
+    data: str = DEFAULT_DATA
+    out: str = "runs/musicnet"
+    arch: str = "complex_frame_transcriber"
+    model: dict = field(default_factory=dict)   # constructor kwargs for the architecture
+    steps: int = 20000
+    minutes: float = 0.0                         # wall-clock budget (0 = none)
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 200
+    augment: bool = True
+    sampling: str = "duration"                   # or "per_recording": the paper's one window per recording per batch
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 1
+    log_every: int = 20
+    eval_every: int = 500
+    eval_files: int = 6                          # test recordings (first 60 s each) for the in-training AP
+    resume: bool = True
+    cache_dir: str | None = None
+    workers: int = 0                             # DataLoader processes making crops (GPU runs); 0 = in-process
+    rescan_every: int = 0                        # re-list the train split every N steps (data still being rendered)
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+class CropSampler:
+    """Random training windows + their frame labels from a MusicNet split, augmented on the fly."""
+
+    def __init__(self, dataset, model, cfg: TrainConfig, rank: int = 0) -> None:
+        self.ds, self.cfg = dataset, cfg
+        self.hop, self.fpw, self.context = model.hop_length, model.frames_per_window, model.context
+        self.win, self.pitches, self.sr = window_samples(model), list(model.pitches), model.sample_rate
+        self.rng = np.random.default_rng([cfg.seed, rank])
+        self.set_dataset(dataset)
+
+    def set_dataset(self, dataset) -> None:
+        self.ds = dataset
+        lengths = np.array([len(r) for r in dataset.recordings], dtype=np.float64)
+        self.p = lengths / lengths.sum()
+
+    def window(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        from training.data.augment_audio import degrade
+        n = len(self.ds.recordings[index])
+        span = self.fpw * self.hop
+        start = int(self.rng.integers(-span // 4, max(n - span * 3 // 4, 1)))  # frame 0 at sample `start`
+        x = self.ds.crop(index, start - self.context, self.win)
+        y = self.ds.labels_at(index, start + np.arange(self.fpw) * self.hop, self.pitches)
+        if self.cfg.augment:
+            x = degrade(x, self.sr, self.rng)
+        return x, y
+
+    def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.sampling == "per_recording":  # paper: one random window per recording per batch
+            idx = self.rng.choice(len(self.ds), size=batch_size, replace=batch_size > len(self.ds))
+        else:
+            idx = self.rng.choice(len(self.ds), size=batch_size, p=self.p)
+        xs, ys = zip(*(self.window(int(i)) for i in idx))
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+class CropStream(torch.utils.data.IterableDataset):
+    """Endless batches from a CropSampler; each DataLoader worker draws from its own seed."""
+
+    def __init__(self, sampler: CropSampler, batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            self.sampler.rng = np.random.default_rng([self.sampler.cfg.seed, 7919, info.id, int(time.time())])
+        while True:
+            yield self.sampler.batch(self.batch_size)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+@torch.inference_mode()
+def predict_split(model, dataset, max_seconds: float | None = None, max_files: int | None = None,
+                  batch_size: int = 16, show: bool = True):
+    """Per recording: (transcription, frame targets, ref note intervals, ref note pitches)."""
+    out = []
+    n = len(dataset) if max_files is None else min(max_files, len(dataset))
+    for i in progress(range(n), total=n, desc="evaluate", enabled=show):
+        audio = dataset.audio(i)
+        if max_seconds:
+            audio = audio[: int(max_seconds * dataset.sample_rate)]
+        tr = transcribe(model, audio, dataset.sample_rate, batch_size=batch_size)
+        positions = np.round(tr.times * dataset.sample_rate).astype(np.int64)
+        targets = dataset.labels_at(i, positions, model.pitches)
+        intervals, pitches = dataset.recordings[i].labels.notes(dataset.label_rate)
+        keep = (pitches >= min(model.pitches)) & (pitches <= max(model.pitches))
+        if max_seconds:
+            keep &= intervals[:, 0] < max_seconds
+            intervals = np.minimum(intervals, max_seconds)
+        out.append((tr, targets, intervals[keep], pitches[keep]))
+    return out
+
+
+def score(predictions, threshold: float = 0.5, notes: bool = True) -> dict:
+    from training.metrics import average_precision, frame_metrics, note_metrics
+    probs = np.concatenate([tr.probabilities for tr, *_ in predictions])
+    targets = np.concatenate([t for _, t, *_ in predictions])
+    times = np.concatenate([tr.times + 1e4 * k for k, (tr, *_) in enumerate(predictions)])  # keep files apart
+    pitches = predictions[0][0].pitches
+    m = {"ap": average_precision(targets, probs), **frame_metrics(targets, probs, times, pitches, threshold),
+         "frames": int(len(probs)), "recordings": len(predictions),
+         "audio_hours": round(float(sum(len(tr.times) for tr, *_ in predictions) / predictions[0][0].frame_rate / 3600), 3)}
+    if notes:
+        per = [note_metrics(iv, p, notes_from_probabilities(tr.probabilities, tr.times, tr.pitches))
+               for tr, _, iv, p in predictions]
+        # Pool note counts over recordings: mir_eval scores one recording at a time, so weight by reference notes.
+        w = np.array([max(len(iv), 1) for _, _, iv, _ in predictions], dtype=np.float64)
+        for k in per[0]:
+            m[k] = float(np.average([d[k] for d in per], weights=w))
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    frac = step / max(cfg.steps, 1)
+    if cfg.minutes > 0:
+        frac = max(frac, elapsed / (cfg.minutes * 60))
+    warm = min(1.0, (step + 1) / max(cfg.warmup, 1))
+    return cfg.lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def checkpoint_meta(model, cfg: TrainConfig, metrics: dict, extra: dict) -> dict:
+    m = unwrap(model)
+    return {"task": "transcription", "sample_rate": m.sample_rate, "hop_length": m.hop_length,
+            "pitches": list(m.pitches), "frame_rate": m.sample_rate / m.hop_length,
+            "frames_per_window": m.frames_per_window, "context": m.context, "metrics": metrics,
+            "params": sum(p.numel() for p in m.parameters()), "train_config": asdict(cfg),
+            "git_commit": git_commit(), **extra}
+
+
+def train(cfg: TrainConfig) -> Path:
+    from training.data.musicnet import MusicNet
+    torch.set_num_threads(cfg.threads)
+    rt = setup_runtime(cfg.device)
+    seed_everything(cfg.seed + rt.rank)
+    out = Path(cfg.out)
+    model = build_model(cfg.arch, cfg.model).to(rt.device)
+    arch_config = dict(cfg.model)
+    train_ds = MusicNet(cfg.data, "train", model.sample_rate, cfg.cache_dir, progress=rt.is_main)
+    test_ds = MusicNet(cfg.data, "test", model.sample_rate, cfg.cache_dir, progress=rt.is_main)
+    sampler = CropSampler(train_ds, model, cfg, rt.rank)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, spent = 0, 0.0
+    state_path = out / "state.pt"
+    if cfg.resume and state_path.exists():
+        st = load_training_state(state_path)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        step, spent = int(st["step"]), float(st["elapsed"])
+        sampler.rng = np.random.default_rng([cfg.seed, rt.rank, step])
+        print(f"resumed from {state_path} at step {step}", file=sys.stderr)
+    ddp = wrap_ddp(model, rt)
+    log = JsonlLogger(out / "log.jsonl", rt.is_main)
+    params = sum(p.numel() for p in model.parameters())
+    if rt.is_main:
+        print(f"{cfg.arch}: {params:,} parameters; train {train_ds.hours:.2f} h / {len(train_ds)} recordings, "
+              f"test {test_ds.hours:.2f} h; {hardware_string(rt.device)}", file=sys.stderr)
+        log.log(event="start", arch=cfg.arch, params=params, train_hours=train_ds.hours, config=asdict(cfg))
+    audio_per_step = cfg.batch_size * unwrap(model).frames_per_window * model.hop_length / model.sample_rate
+    t0 = time.time() - spent
+    last_metrics: dict = {}
+    bar = progress(range(step, cfg.steps), total=cfg.steps - step, desc="train", enabled=rt.is_main)
+    running = 0.0
+    stream = None
+    if cfg.workers > 0:  # crops and augmentation in worker processes, so the GPU is not kept waiting
+        stream = iter(torch.utils.data.DataLoader(CropStream(sampler, cfg.batch_size), batch_size=None,
+                                                  num_workers=cfg.workers, prefetch_factor=4,
+                                                  pin_memory=rt.device.type == "cuda"))
+
+    def save(final: bool = False) -> None:
+        if not rt.is_main:
+            return
+        extra = {"dataset": str(cfg.data), "train_hours": round(train_ds.hours, 3), "steps": step,
+                 "training_seconds": round(time.time() - t0, 1), "hardware": hardware_string(rt.device),
+                 "command": " ".join(["python -m training.musicnet", *sys.argv[1:]])}
+        save_checkpoint(out / ("model.pt" if final else "last.pt"), model, cfg.arch, arch_config,
+                        checkpoint_meta(model, cfg, last_metrics, extra))
+        save_training_state(state_path, model=unwrap(model).state_dict(), optimizer=opt.state_dict(), step=step,
+                            elapsed=time.time() - t0)
+
+    for step in bar:
+        elapsed = time.time() - t0
+        if cfg.minutes > 0 and elapsed > cfg.minutes * 60:
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step, elapsed)
+        if cfg.rescan_every and stream is None and step and step % cfg.rescan_every == 0:
+            fresh = MusicNet(cfg.data, "train", model.sample_rate, cfg.cache_dir)
+            if len(fresh) != len(train_ds):
+                train_ds = fresh
+                sampler.set_dataset(fresh)
+                log.log(step=step, event="rescan", recordings=len(fresh), train_hours=round(fresh.hours, 3))
+        x, y = next(stream) if stream is not None else sampler.batch(cfg.batch_size)
+        ddp.train()
+        with autocast(rt.device):
+            logits = ddp(x.to(rt.device, non_blocking=True))
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y.to(rt.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if step % cfg.log_every == 0:
+            loss_sum, n = all_reduce_sum([loss.item(), 1.0], rt)
+            rate = audio_per_step * rt.world_size * (step + 1) / max(time.time() - t0, 1e-9)
+            log.log(step=step, loss=loss_sum / n, loss_avg=running, lr=opt.param_groups[0]["lr"],
+                    audio_seconds_per_second=round(rate, 1), elapsed=round(time.time() - t0, 1))
+            if rt.is_main and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{running:.4f}", audio_x=f"{rate:.0f}")
+        if rt.is_main and cfg.eval_every and step and step % cfg.eval_every == 0:
+            m = unwrap(model).eval()
+            last_metrics = score(predict_split(m, test_ds, 60.0, cfg.eval_files, show=False), notes=False)
+            last_metrics["note"] = f"in-training check: first 60 s of {cfg.eval_files} test recordings"
+            log.log(step=step, event="eval", **last_metrics)
+            print(f"step {step}: loss {running:.4f} AP {last_metrics['ap']:.4f} F1 {last_metrics['frame_f1']:.4f}",
+                  file=sys.stderr)
+            save()
+    step += 1
+    save()
+    save(final=True)
+    if rt.is_main:
+        log.log(event="done", step=step, elapsed=round(time.time() - t0, 1))
+    teardown(rt)
+    return out / "model.pt"
+
+
+# ------------------------------------------------------------------------------------------------ CLIs
+
+def evaluate(checkpoint: str, data: str, split: str = "test", out: str | None = None, threshold: float = 0.5,
+             write_meta: bool = False, max_files: int | None = None, threads: int = 2, cache_dir: str | None = None) -> dict:
+    from training.data.musicnet import MusicNet
+    from training.metrics import precision_recall_png
+    torch.set_num_threads(threads)
+    model, meta = load_checkpoint(checkpoint)
+    ds = MusicNet(data, split, model.sample_rate, cache_dir, progress=True)
+    t0 = time.time()
+    preds = predict_split(model, ds, max_files=max_files)
+    metrics = score(preds, threshold)
+    metrics.update({"split": split, "data": str(data), "threshold": threshold,
+                    "command": " ".join(["python -m training.musicnet", *sys.argv[1:]]),
+                    "eval_seconds": round(time.time() - t0, 1)})
+    out_dir = Path(out) if out else Path("runs/musicnet/eval") / Path(checkpoint).stem
+    out_dir.mkdir(parents=True, exist_ok=True)
+    probs = np.concatenate([tr.probabilities for tr, *_ in preds])
+    targets = np.concatenate([t for _, t, *_ in preds])
+    precision_recall_png(targets, probs, out_dir / "pr_curve.png",
+                         title=f"{meta.get('arch')} on {Path(data).name}/{split}")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps(metrics, indent=1))
+    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'pr_curve.png'}", file=sys.stderr)
+    if write_meta:
+        blob = read_checkpoint(checkpoint)
+        new_meta = dict(blob["meta"], metrics=metrics)
+        save_checkpoint(checkpoint, model, blob["arch"], blob["config"], new_meta)
+        print(f"metrics written into {checkpoint}", file=sys.stderr)
+    return metrics
+
+
+def load_audio(path: str) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+    try:
+        audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    except RuntimeError:  # formats libsndfile does not read (mp3 on old builds, m4a): librosa/audioread
+        import librosa
+        audio, sr = librosa.load(path, sr=None, mono=False)
+        audio = np.atleast_2d(audio).T
+    return audio, int(sr)
+
+
+def transcribe_file(audio_path: str, outs: list[str], checkpoint: str | None = None, threads: int = 2,
+                    onset_threshold: float = 0.5, frame_threshold: float = 0.3) -> dict:
+    torch.set_num_threads(threads)
+    model, meta = load_checkpoint(checkpoint or DEFAULT_CHECKPOINT)
+    audio, sr = load_audio(audio_path)
+    t0 = time.time()
+    tr = transcribe(model, audio, sr)
+    notes = notes_from_probabilities(tr.probabilities, tr.times, tr.pitches, onset_threshold, frame_threshold)
+    wall = time.time() - t0
+    for out in outs:
+        p = Path(out)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.suffix in (".mid", ".midi"):
+            p.write_bytes(notes_to_midi(notes))
+        elif p.suffix == ".npz":
+            np.savez_compressed(p, times=tr.times, pitches=tr.pitches, probabilities=tr.probabilities)
+        elif p.suffix == ".csv":
+            with open(p, "w") as f:
+                f.write("onset,offset,pitch,confidence\n")
+                for n in notes:
+                    f.write(f"{n['onset']},{n['offset']},{n['pitch']},{n['confidence']}\n")
+        else:
+            raise SystemExit(f"unknown output type {p.suffix!r}: use .mid, .npz or .csv")
+    seconds = len(audio) / sr
+    summary = {"audio": audio_path, "seconds": round(seconds, 2), "notes": len(notes), "frames": len(tr.times),
+               "wall_seconds": round(wall, 3), "real_time_factor": round(seconds / max(wall, 1e-9), 1), "outputs": outs}
+    print(json.dumps(summary))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m training.musicnet", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = TrainConfig()
+    t = sub.add_parser("train", help="train a transcriber on a MusicNet-layout folder")
+    t.add_argument("--data", default=d.data)
+    t.add_argument("--out", default=d.out)
+    t.add_argument("--arch", default=d.arch,
+                   choices=["complex_frame_transcriber", "musicnet_paper_complex", "musicnet_paper_real"])
+    t.add_argument("--model-config", default="{}", help="JSON constructor kwargs, e.g. '{\"channels\": 16}'")
+    for name in ("steps", "batch_size", "warmup", "seed", "threads", "log_every", "eval_every", "eval_files",
+                 "rescan_every", "workers"):
+        t.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("minutes", "lr", "weight_decay"):
+        t.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    t.add_argument("--sampling", default=d.sampling, choices=["duration", "per_recording"])
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--device", default=d.device)
+    t.add_argument("--cache-dir", default=None)
+    e = sub.add_parser("evaluate", help="AP, frame and note metrics + PR curve on a MusicNet-layout split")
+    e.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    e.add_argument("--data", default=DEFAULT_DATA)
+    e.add_argument("--split", default="test")
+    e.add_argument("--out", default=None, help="folder for metrics.json and pr_curve.png")
+    e.add_argument("--threshold", type=float, default=0.5)
+    e.add_argument("--max-files", type=int, default=None)
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--cache-dir", default=None)
+    e.add_argument("--write-meta", action="store_true", help="store the metrics in the checkpoint's meta")
+    r = sub.add_parser("transcribe", help="audio file -> .mid / .npz / .csv")
+    r.add_argument("audio")
+    r.add_argument("--checkpoint", default=None)
+    r.add_argument("--out", action="append", required=True, help="repeatable: OUT.mid, OUT.npz, OUT.csv")
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--onset-threshold", type=float, default=0.5)
+    r.add_argument("--frame-threshold", type=float, default=0.3)
+    a = ap.parse_args(argv)
+    if a.cmd == "train":
+        cfg = TrainConfig(data=a.data, out=a.out, arch=a.arch, model=json.loads(a.model_config), steps=a.steps,
+                          minutes=a.minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                          warmup=a.warmup, augment=not a.no_augment, sampling=a.sampling, seed=a.seed,
+                          device=a.device, threads=a.threads, log_every=a.log_every, eval_every=a.eval_every,
+                          eval_files=a.eval_files, resume=not a.no_resume, cache_dir=a.cache_dir,
+                          rescan_every=a.rescan_every, workers=a.workers)
+        print(train(cfg))
+    elif a.cmd == "evaluate":
+        evaluate(a.checkpoint, a.data, a.split, a.out, a.threshold, a.write_meta, a.max_files, a.threads, a.cache_dir)
+    else:
+        transcribe_file(a.audio, a.out, a.checkpoint, a.threads, a.onset_threshold, a.frame_threshold)
+
+
+if __name__ == "__main__":
+    main()
