@@ -250,3 +250,12 @@ def test_text_field_instead_of_file(client):
     for route in ("/classify", "/transcribe"):
         r = client.post(route, data={"file": "not a file"})
         assert r.status_code in (415, 422) and r.json()["detail"], (route, r.status_code)
+
+
+def test_cuda_requested_without_gpu_fails_fast(checkpoints):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="DCN_DEVICE=cuda but no CUDA device"):
+        with TestClient(create_app(settings_for(checkpoints, device="cuda"))):
+            pass
