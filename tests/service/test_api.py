@@ -256,6 +256,6 @@ def test_cuda_requested_without_gpu_fails_fast(checkpoints):
     import torch
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(RuntimeError, match="DCN_DEVICE=cuda but no CUDA device"):
-        with TestClient(create_app(settings_for(checkpoints, device="cuda"))):
-            pass
+    app = create_app(settings_for(checkpoints, device="cuda"))
+    with pytest.raises(RuntimeError, match="DCN_DEVICE=cuda but no CUDA device"), TestClient(app):
+        pass
