@@ -7,8 +7,9 @@ select checkpoints and batching), keeps ``--concurrency`` clients each sending o
 another over its own keep-alive connection for ``--duration`` seconds per route, and prints
 throughput and p50/p99 latency of the successful requests, then the batched / unbatched ratios.
 
-Checkpoints: the shipped ones (models/checkpoints/) when present, else small random-weight models of
-the shipped architectures written to a temporary folder (``--tiny`` forces those).
+Checkpoints, per model: ``--classifier`` / ``--transcriber`` when given, else the shipped one
+(models/checkpoints/) when present, else a small random-weight model of the shipped architecture written
+to a temporary folder (``--tiny`` forces those).
 The clients speak HTTP/1.1 over raw asyncio streams with prebuilt requests: a full HTTP client
 costs as much CPU per request as the server's parsing, and on a 2-core machine it would be measuring itself.
 """
@@ -164,16 +165,18 @@ def main() -> None:
     p.add_argument("--transcribe-batch", type=int, default=16, help="DCN_TRANSCRIBE_MAX_BATCH_SIZE when batching")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--tiny", action="store_true", help="small random-weight models even if shipped ones exist")
+    p.add_argument("--classifier", type=Path, help="classifier checkpoint (default: shipped, else tiny)")
+    p.add_argument("--transcriber", type=Path, help="transcriber checkpoint (default: shipped, else tiny)")
     args = p.parse_args()
 
     tmp = tempfile.TemporaryDirectory()
-    if not args.tiny and all(c.is_file() for c in SHIPPED):
-        ckpts, which = SHIPPED, "shipped checkpoints"
-    else:
-        ckpts, which = tiny_checkpoints(Path(tmp.name)), "tiny random-weight ComplexResNet9 / ComplexFrameTranscriber"
+    tiny = tiny_checkpoints(Path(tmp.name))
+    ckpts = tuple(given or (ship if ship.is_file() and not args.tiny else small)
+                  for given, ship, small in zip((args.classifier, args.transcriber), SHIPPED, tiny))
     requests = sample_requests(args.audio_seconds)
     print(f"hardware: {hardware()}")
-    print(f"models: {which}: {ckpts[0].name}, {ckpts[1].name}")
+    print(f"models: classifier {ckpts[0]}, transcriber {ckpts[1]} (*_tiny.pt: small random-weight "
+          f"ComplexResNet9 / ComplexFrameTranscriber)")
     print(f"load: {args.concurrency} concurrent clients, {args.duration:g} s per route and mode "
           f"(+{args.warmup:g} s warm-up); /transcribe uploads {args.audio_seconds:g} s of audio\n", flush=True)
 
