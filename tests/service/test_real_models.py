@@ -44,3 +44,19 @@ def test_real_architectures_serve(real_checkpoints):
         models = {m["task"]: m for m in c.get("/models").json()["models"]}
         assert models["transcription"]["pitch_range"] == [21, 108]
         assert models["image-classification"]["arch"] == "complex_resnet9"
+
+
+def test_default_settings_serve_the_shipped_checkpoints():
+    from service.app import create_app
+    from service.settings import Settings
+    s = Settings(warmup=False)
+    missing = [p.name for p in (s.classifier_checkpoint, s.transcriber_checkpoint) if not p.is_file()]
+    if missing:
+        pytest.skip(f"shipped checkpoints not there yet: {missing}")
+    with TestClient(create_app(s)) as c:
+        names = [m["name"] for m in c.get("/models").json()["models"]]
+        assert names == ["cifar10_complex", "musicnet_complex"]
+        r = c.post("/classify", files={"file": ("a.png", image_bytes("PNG", (200, 30, 30)))})
+        assert r.status_code == 200 and len(r.json()["results"][0]["probabilities"]) == 10
+        r = c.post("/transcribe", files={"file": ("a.wav", audio_bytes(tone(seconds=1.0, sr=16000), sr=16000))})
+        assert r.status_code == 200 and r.json()["sample_rate"] == 16000
