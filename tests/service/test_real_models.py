@@ -59,4 +59,4 @@ def test_default_settings_serve_the_shipped_checkpoints():
         r = c.post("/classify", files={"file": ("a.png", image_bytes("PNG", (200, 30, 30)))})
         assert r.status_code == 200 and len(r.json()["results"][0]["probabilities"]) == 10
         r = c.post("/transcribe", files={"file": ("a.wav", audio_bytes(tone(seconds=1.0, sr=16000), sr=16000))})
-        assert r.status_code == 200 and r.json()["sample_rate"] == 16000
+        assert r.status_code == 200 and r.json()["notes"] is not None
