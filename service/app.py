@@ -46,6 +46,7 @@ def _error(status: int, description: str) -> dict[str, Any]:
     return {"model": ErrorResponse, "description": description}
 
 
+BINARY = {"schema": {"type": "string", "format": "binary"}}
 UPLOAD_ERRORS = {400: _error(400, "undecodable, empty or invalid upload"),
                  413: _error(413, "upload, file count or recording length over the limit"),
                  415: _error(415, "not multipart/form-data, or the file is not a supported format"),
@@ -330,7 +331,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               summary="Transcribe a recording (WAV, FLAC, OGG, MP3; any rate; mono or stereo)",
               responses={**UPLOAD_ERRORS, 200: {"description": "JSON (default), a NumPy .npz archive of the same "
                                                                "arrays (format=npz) or a MIDI file (format=midi)",
-                                                "content": {"application/octet-stream": {}, "audio/midi": {}}}})
+                                                "content": {"application/octet-stream": BINARY, "audio/midi": BINARY}}})
     async def transcribe(
             request: Request,
             file: Annotated[UploadFile, File(description="audio file")],
