@@ -577,6 +577,10 @@ def test_model_cards_and_narrow_layout(page, artefacts, browser, server):
     context = browser.new_context(viewport={"width": 380, "height": 800})
     narrow = context.new_page()
     watch = PageWatch(narrow, server)
+    # Intercept file choosers from the start: Playwright turns interception on asynchronously, so
+    # expect_file_chooser() right before the key press can lose the race on a busy machine.
+    choosers = []
+    narrow.on("filechooser", lambda chooser: choosers.append(chooser))
     narrow.goto(server + "/#audio")
     assert narrow.get_attribute("#tab-audio", "aria-selected") == "true"
     narrow.set_input_files("#audio-input", [{"name": "chord.wav", "mimeType": "audio/wav", "buffer": chord_wav()}])
@@ -591,11 +595,15 @@ def test_model_cards_and_narrow_layout(page, artefacts, browser, server):
     narrow.keyboard.press("Tab")   # the tab panel
     narrow.keyboard.press("Tab")
     assert narrow.evaluate("document.activeElement.id") == "image-pick"
-    with narrow.expect_file_chooser() as chooser:
-        narrow.keyboard.press("Enter")
-    assert chooser.value.is_multiple()
-    chooser.value.set_files([{"name": "a-green-image-with-a-long-file-name.png", "mimeType": "image/png",
-                              "buffer": png((20, 200, 20))}])
+    narrow.keyboard.press("Enter")
+    for _ in range(300):
+        if choosers:
+            break
+        narrow.wait_for_timeout(50)
+    assert len(choosers) == 1, "Enter on the picker button did not open a file chooser"
+    assert choosers[0].is_multiple()
+    choosers[0].set_files([{"name": "a-green-image-with-a-long-file-name.png", "mimeType": "image/png",
+                            "buffer": png((20, 200, 20))}])
     narrow.wait_for_selector(".image-card")
     assert narrow.locator(".image-card").get_attribute("data-label") == "green"
     assert narrow.evaluate("document.documentElement.scrollWidth") <= 380
