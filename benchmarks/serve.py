@@ -2,9 +2,10 @@
 
     python -m benchmarks.serve [--concurrency 64] [--duration 10] [--routes classify transcribe]
 
-For each mode it starts ``python -m service`` on a free loopback port (DCN_* environment variables
-select checkpoints and batching), keeps ``--concurrency`` clients each sending one request after
-another over its own keep-alive connection for ``--duration`` seconds per route, and prints
+It starts ``python -m service`` twice on free loopback ports (DCN_* environment variables select
+checkpoints and batching: ``max_batch_size`` 64/16, and 1), then per route alternates between them in
+``--rounds`` rounds, each keeping ``--concurrency`` clients busy (one request after another over
+each client's keep-alive connection), ``--duration`` seconds per route and mode in all. It prints
 throughput and p50/p99 latency of the successful requests, then the batched / unbatched ratios.
 
 Checkpoints, per model: ``--classifier`` / ``--transcriber`` when given, else the shipped one
@@ -104,14 +105,21 @@ async def _client(port: int, request: bytes, stop_at: float, latencies: list[flo
         writer.close()
 
 
-async def load(port: int, request: bytes, concurrency: int, seconds: float) -> dict[str, float]:
+async def load(port: int, request: bytes, concurrency: int, seconds: float) -> dict:
+    """Latencies (s) of the successful requests, error count and wall time of one round."""
     latencies: list[float] = []
     errors: dict[int, int] = {}
     start = time.perf_counter()
     await asyncio.gather(*(_client(port, request, start + seconds, latencies, errors) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start  # includes the requests still in flight at the stop time
+    # the wall time includes the requests still in flight at the stop time
+    return {"latencies": latencies, "errors": sum(errors.values()), "elapsed": time.perf_counter() - start}
+
+
+def summarize(rounds: list[dict]) -> dict[str, float]:
+    latencies = [x for r in rounds for x in r["latencies"]]
     lat = np.array(latencies or [float("nan")]) * 1000
-    return {"requests": len(latencies), "errors": sum(errors.values()), "rps": len(latencies) / elapsed,
+    return {"requests": len(latencies), "errors": sum(r["errors"] for r in rounds),
+            "rps": len(latencies) / sum(r["elapsed"] for r in rounds),
             "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))}
 
 
@@ -159,6 +167,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64, help="concurrent clients")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per route and mode")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unrecorded load first")
+    p.add_argument("--rounds", type=int, default=3, help="alternations of the two modes per route")
     p.add_argument("--routes", nargs="+", default=["classify", "transcribe"], choices=["classify", "transcribe"])
     p.add_argument("--audio-seconds", type=float, default=4.0, help="length of the /transcribe upload")
     p.add_argument("--classify-batch", type=int, default=64, help="DCN_CLASSIFY_MAX_BATCH_SIZE when batching")
@@ -178,25 +187,38 @@ def main() -> None:
     print(f"models: classifier {ckpts[0]}, transcriber {ckpts[1]} (*_tiny.pt: small random-weight "
           f"ComplexResNet9 / ComplexFrameTranscriber)")
     print(f"load: {args.concurrency} concurrent clients, {args.duration:g} s per route and mode "
-          f"(+{args.warmup:g} s warm-up); /transcribe uploads {args.audio_seconds:g} s of audio\n", flush=True)
+          f"in {args.rounds} alternating rounds (+{args.warmup:g} s warm-up); /transcribe uploads "
+          f"{args.audio_seconds:g} s of audio\n", flush=True)
 
     modes = {"batched": (args.classify_batch, args.transcribe_batch), "batch size 1": (1, 1)}
-    results: dict[tuple[str, str], dict[str, float]] = {}
-    for mode, (cbs, tbs) in modes.items():
-        env = {"DCN_CLASSIFIER_CHECKPOINT": str(ckpts[0]), "DCN_TRANSCRIBER_CHECKPOINT": str(ckpts[1]),
-               "DCN_DEVICE": args.device, "DCN_CLASSIFY_MAX_BATCH_SIZE": str(cbs),
-               "DCN_TRANSCRIBE_MAX_BATCH_SIZE": str(tbs), "DCN_REQUEST_TIMEOUT_S": "120",
-               "DCN_MAX_QUEUE_SIZE": str(max(1024, 4 * args.concurrency))}
-        proc, port = start_service(env)
-        try:
-            for route in args.routes:
-                asyncio.run(load(port, requests[route], args.concurrency, args.warmup))
-                results[mode, route] = r = asyncio.run(load(port, requests[route], args.concurrency, args.duration))
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    rounds: dict[tuple[str, str], list[dict]] = {(m, r): [] for m in modes for r in args.routes}
+    try:
+        for mode, (cbs, tbs) in modes.items():
+            servers[mode] = start_service({
+                "DCN_CLASSIFIER_CHECKPOINT": str(ckpts[0]), "DCN_TRANSCRIBER_CHECKPOINT": str(ckpts[1]),
+                "DCN_DEVICE": args.device, "DCN_CLASSIFY_MAX_BATCH_SIZE": str(cbs),
+                "DCN_TRANSCRIBE_MAX_BATCH_SIZE": str(tbs), "DCN_REQUEST_TIMEOUT_S": "300",
+                "DCN_MAX_QUEUE_SIZE": str(max(1024, 4 * args.concurrency))})
+        # Both services run side by side but only one is loaded at a time. The modes alternate in short
+        # rounds, so a change in background load (a shared machine) hits both alike.
+        for route in args.routes:
+            for mode in modes:
+                asyncio.run(load(servers[mode][1], requests[route], args.concurrency, args.warmup))
+            for _ in range(args.rounds):
+                for mode in modes:
+                    rounds[mode, route].append(asyncio.run(load(
+                        servers[mode][1], requests[route], args.concurrency, args.duration / args.rounds)))
+            for mode in modes:
+                r = summarize(rounds[mode, route])
                 print(f"  {mode:>12} /{route:<10} {r['rps']:8.1f} req/s  p50 {r['p50']:8.1f} ms  "
                       f"p99 {r['p99']:8.1f} ms  ({r['requests']} ok, {r['errors']} errors)", flush=True)
-        finally:
+    finally:
+        for proc, _ in servers.values():
             proc.send_signal(signal.SIGINT)
+        for proc, _ in servers.values():
             proc.wait(timeout=60)
+    results = {key: summarize(value) for key, value in rounds.items()}
 
     print("\n| route | mode | max batch | req/s | p50 ms | p99 ms | ok | errors |")
     print("|---|---|---|---|---|---|---|---|")
