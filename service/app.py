@@ -42,17 +42,17 @@ UPLOAD_ROUTES = ("/classify", "/transcribe")
 ARRIVAL = "dcn.arrival"  # scope key: monotonic time the request arrived (deadlines count from it)
 
 
-def _error(status: int, description: str) -> dict[str, Any]:
+def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorResponse, "description": description}
 
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}
-UPLOAD_ERRORS = {400: _error(400, "undecodable, empty or invalid upload"),
-                 413: _error(413, "upload, file count or recording length over the limit"),
-                 415: _error(415, "not multipart/form-data, or the file is not a supported format"),
+UPLOAD_ERRORS = {400: _error("undecodable, empty or invalid upload"),
+                 413: _error("upload, file count or recording length over the limit"),
+                 415: _error("not multipart/form-data, or the file is not a supported format"),
                  422: {"description": "invalid parameters"},
-                 503: _error(503, "queue full (retry after Retry-After seconds) or shutting down"),
-                 504: _error(504, "not answered within the request deadline")}
+                 503: _error("queue full (retry after Retry-After seconds) or shutting down"),
+                 504: _error("not answered within the request deadline")}
 
 
 class ClientDisconnected(Exception):
@@ -286,14 +286,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", summary="Readiness: 200 only when both models are loaded and warmed up",
-             responses={503: _error(503, "not ready")})
+             responses={503: _error("not ready")})
     async def readyz() -> JSONResponse:
         body = {"ready": service.is_ready, "models": {name: b.running for name, b in service.batchers.items()}}
         return JSONResponse(body, status_code=200 if service.is_ready else 503)
 
     @app.get("/models", response_model=ModelsResponse, response_model_exclude_none=True,
              summary="Served models: checkpoint, size, device, labels or pitches, rates, metrics",
-             responses={503: _error(503, "not ready")})
+             responses={503: _error("not ready")})
     async def models() -> dict[str, Any]:
         if service.classifier is None or service.transcriber is None:
             raise HTTPException(503, "models are not loaded yet", headers={"Retry-After": "1"})
