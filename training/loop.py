@@ -151,9 +151,12 @@ def hardware_string(device: torch.device) -> str:
 
 
 def git_commit() -> str:
-    """Short hash (+"-dirty"); where the code runs without its .git (a copied tree), the GIT_COMMIT variable."""
-    if not (Path(__file__).resolve().parent.parent / ".git").exists() and os.environ.get("GIT_COMMIT"):
-        return os.environ["GIT_COMMIT"]
+    """Short hash (+"-dirty"); where git cannot tell (a copied tree without history), the GIT_COMMIT variable."""
+    commit = _git_commit()
+    return os.environ.get("GIT_COMMIT", commit) if commit == "unknown" else commit
+
+
+def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=5)
