@@ -16,6 +16,7 @@ a width of C complex channels is a real tensor with 2C channels. Every model tak
 - ``ComplexResNet9`` ("complex_resnet9"): the shipped model. The DAWNBench ResNet-9 layout (Page,
   2018: conv-pool-BN stages, two residual blocks, max-pool head, scaled logits) made complex
   throughout its body: complex convs, complex BN, CReLU, max-pooling by modulus.
+- ``RealResNet9`` ("real_resnet9"): its real-valued twin at the same parameter budget (widths x sqrt(2)).
 """
 from __future__ import annotations
 
@@ -217,6 +218,49 @@ class ComplexResNet9(nn.Module):
         return self.fc(x) * self.logit_scale
 
 
+class RealConvBN(nn.Sequential):
+    """conv 3x3 -> (max-pool) -> BN -> ReLU: the real counterpart of ComplexConvBN."""
+
+    def __init__(self, c_in: int, c_out: int, pool: bool = False) -> None:
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        layers += [nn.BatchNorm2d(c_out), nn.ReLU()]
+        super().__init__(*layers)
+
+
+class RealResidual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(RealConvBN(channels, channels), RealConvBN(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+@register_architecture("real_resnet9")
+class RealResNet9(nn.Module):
+    """The real-valued baseline of ComplexResNet9 at the same parameter budget: widths sqrt(2) x the complex
+    widths, (45, 91, 181, 362) ~ 3.3M parameters (a complex conv of C channels has 2C^2 k^2 weights)."""
+
+    def __init__(self, widths: tuple[int, int, int, int] | list[int] = (45, 91, 181, 362), num_classes: int = 10,
+                 logit_scale: float = 0.125, mean: tuple[float, ...] = CIFAR10_MEAN,
+                 std: tuple[float, ...] = CIFAR10_STD) -> None:
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        self.normalize = Normalize(mean, std)
+        self.prep = RealConvBN(3, w0)
+        self.layer1 = nn.Sequential(RealConvBN(w0, w1, pool=True), RealResidual(w1))
+        self.layer2 = RealConvBN(w1, w2, pool=True)
+        self.layer3 = nn.Sequential(RealConvBN(w2, w3, pool=True), RealResidual(w3))
+        self.fc = nn.Linear(w3, num_classes, bias=False)
+        self.logit_scale = logit_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.prep(self.normalize(x)))))
+        return self.fc(F.adaptive_max_pool2d(x, 1).flatten(1)) * self.logit_scale
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Inference
 
@@ -250,8 +294,9 @@ def log_param_table() -> str:  # pragma: no cover - a convenience for the model 
         for kind, cls in (("complex", ComplexResNet), ("real", RealResNet)):
             rows.append(f"{v} {kind}: {count_parameters(cls(**paper_resnet_config(v, kind))) / 1e6:.3f}M")
     rows.append(f"complex_resnet9: {count_parameters(ComplexResNet9()) / 1e6:.3f}M")
+    rows.append(f"real_resnet9: {count_parameters(RealResNet9()) / 1e6:.3f}M")
     return "\n".join(rows)
 
 
-__all__ = ["ComplexResNet", "RealResNet", "ComplexResNet9", "PAPER_VARIANTS", "paper_resnet_config",
+__all__ = ["ComplexResNet", "RealResNet", "ComplexResNet9", "RealResNet9", "PAPER_VARIANTS", "paper_resnet_config",
            "classify", "count_parameters", "complex_cat"]

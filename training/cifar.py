@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a classifier")
     t.add_argument("--preset", choices=sorted(PRESETS), default="fast")
-    t.add_argument("--arch", choices=sorted(a for a in ("complex_resnet", "real_resnet", "complex_resnet9")))
+    t.add_argument("--arch", choices=["complex_resnet9", "real_resnet9", "complex_resnet", "real_resnet"])
     t.add_argument("--variant", choices=["WS", "IB", "DN"], help="paper ResNet shape (complex_resnet/real_resnet)")
     t.add_argument("--arch-config", help='JSON constructor kwargs, e.g. \'{"widths": [16, 32, 64, 128]}\'')
     defaults = TrainConfig()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.checkpoint import build_model, load_checkpoint, save_checkpoint
-from models.cifar import (PAPER_VARIANTS, ComplexResNet, ComplexResNet9, RealResNet, classify, complex_cat,
+from models.cifar import (PAPER_VARIANTS, ComplexResNet, ComplexResNet9, RealResNet, RealResNet9, classify, complex_cat,
                           count_parameters, paper_resnet_config)
 from models.complex import ComplexBatchNorm2d, ComplexConv2d
 
@@ -38,6 +38,8 @@ def test_resnet9_is_complex_throughout_and_small_enough():
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(c.kernel_size == (1, 1) for c in convs)  # only the learned-imaginary 1x1 convs are real
     assert sum(isinstance(m, ComplexConv2d) for m in model.modules()) == 8
+    real = count_parameters(RealResNet9())
+    assert abs(real - params) / params < 0.01  # the real twin has the same budget
 
 
 def test_complex_cat_keeps_the_layout():
