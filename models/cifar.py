@@ -298,5 +298,14 @@ def log_param_table() -> str:  # pragma: no cover - a convenience for the model 
     return "\n".join(rows)
 
 
-__all__ = ["ComplexResNet", "RealResNet", "ComplexResNet9", "RealResNet9", "PAPER_VARIANTS", "paper_resnet_config",
-           "classify", "count_parameters", "complex_cat"]
+__all__ = [
+    "PAPER_VARIANTS",
+    "ComplexResNet",
+    "ComplexResNet9",
+    "RealResNet",
+    "RealResNet9",
+    "classify",
+    "complex_cat",
+    "count_parameters",
+    "paper_resnet_config",
+]

@@ -41,7 +41,7 @@ def classification_report(probabilities: torch.Tensor, labels: torch.Tensor, cla
     per_class = per_class_accuracy(predictions, labels, len(class_names))
     return {
         "accuracy": float((predictions == labels).float().mean()) if len(labels) else 0.0,
-        "images": int(len(labels)),
+        "images": len(labels),
         "per_class": {name: (round(a, 4) if a is not None else None) for name, a in zip(class_names, per_class)},
     }
 

@@ -5,8 +5,17 @@ import pytest
 import torch
 
 from models.checkpoint import build_model, load_checkpoint, save_checkpoint
-from models.cifar import (PAPER_VARIANTS, ComplexResNet, ComplexResNet9, RealResNet, RealResNet9, classify, complex_cat,
-                          count_parameters, paper_resnet_config)
+from models.cifar import (
+    PAPER_VARIANTS,
+    ComplexResNet,
+    ComplexResNet9,
+    RealResNet,
+    RealResNet9,
+    classify,
+    complex_cat,
+    count_parameters,
+    paper_resnet_config,
+)
 from models.complex import ComplexBatchNorm2d, ComplexConv2d
 
 
@@ -49,7 +58,8 @@ def test_complex_cat_keeps_the_layout():
 
 
 def test_registered_and_round_trip(tmp_path):
-    for arch, config in (("complex_resnet9", {"widths": [4, 8, 8, 16]}), ("complex_resnet", {"width": 4, "blocks_per_stage": 1}),
+    for arch, config in (("complex_resnet9", {"widths": [4, 8, 8, 16]}), ("real_resnet9", {"widths": [4, 8, 8, 16]}),
+                         ("complex_resnet", {"width": 4, "blocks_per_stage": 1}),
                          ("real_resnet", {"width": 4, "blocks_per_stage": 1})):
         model = build_model(arch, config).eval()
         path = save_checkpoint(tmp_path / f"{arch}.pt", model, arch, config, {"task": "image-classification"})

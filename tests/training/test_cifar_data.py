@@ -1,7 +1,6 @@
 """Loaders of the official small-image formats (files generated here), the fixed split, batches, augmentation."""
 from __future__ import annotations
 
-import io
 import pickle
 import tarfile
 from pathlib import Path
@@ -10,8 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from training.data.cifar import (CIFAR10_CLASSES, DatasetError, ImageSet, augment, batches, load_cifar, load_dataset,
-                                 load_svhn, train_val_split)
+from training.data.cifar import (
+    CIFAR10_CLASSES,
+    DatasetError,
+    ImageSet,
+    augment,
+    batches,
+    load_cifar,
+    load_dataset,
+    load_svhn,
+    train_val_split,
+)
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar-10-batches-py"
 
@@ -148,14 +156,14 @@ def test_malformed_batch_shape(tmp_path):
 def test_split_is_fixed_and_disjoint():
     ds = ImageSet(torch.zeros(100, 3, 4, 4, dtype=torch.uint8), torch.arange(100), ["a"])
     tr1, va1 = train_val_split(ds, 10, seed=0)
-    tr2, va2 = train_val_split(ds, 10, seed=0)
+    _tr2, va2 = train_val_split(ds, 10, seed=0)
     assert torch.equal(va1.labels, va2.labels) and len(tr1) == 90
     assert set(tr1.labels.tolist()).isdisjoint(va1.labels.tolist())
 
 
 def test_batches_shard_across_ranks():
     ds = ImageSet(torch.zeros(100, 3, 4, 4, dtype=torch.uint8), torch.arange(100), ["a"])
-    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(1)
     seen = [torch.cat([y for _, y in batches(ds, 10, True, g(), True, r, 3)]) for r in range(3)]
     assert all(len(s) == 30 for s in seen)  # equal step count per rank (9 of 10 batches used)
     assert len(set(torch.cat(seen).tolist())) == 90

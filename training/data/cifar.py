@@ -11,12 +11,11 @@ simpler than any data-loader pipeline; augmentation then runs on whole batches w
 """
 from __future__ import annotations
 
-import io
 import pickle
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -51,10 +50,10 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: torch.Tensor | slice) -> "ImageSet":
+    def subset(self, index: torch.Tensor | slice) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.class_names, self.name)
 
-    def to(self, device: torch.device | str) -> "ImageSet":
+    def to(self, device: torch.device | str) -> ImageSet:
         return ImageSet(self.images.to(device), self.labels.to(device), self.class_names, self.name)
 
 
