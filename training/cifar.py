@@ -27,9 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoint import build_model, load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from models.cifar import classify, count_parameters, paper_resnet_config
-from training.data.cifar import CIFAR10_MEAN, CIFAR10_STD, ImageSet, augment, batches, load_dataset, train_val_split
+from training.data.cifar import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    DatasetError,
+    ImageSet,
+    augment,
+    batches,
+    load_dataset,
+    train_val_split,
+)
 from training.loop import (
     JsonlLogger,
     Runtime,
@@ -352,11 +361,15 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--device", default="auto")
     e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip TTA (default: as trained)")
     args = p.parse_args(argv)
-    if args.cmd == "train":
-        cfg = _config_from_args(args)
-        train(cfg, command="python -m training.cifar " + " ".join(shlex.quote(a) for a in argv))
-    else:
-        print(json.dumps(evaluate(args.checkpoint, args.data, args.split, args.limit, args.device, args.tta)))
+    try:
+        if args.cmd == "train":
+            cfg = _config_from_args(args)
+            train(cfg, command="python -m training.cifar " + " ".join(shlex.quote(a) for a in argv))
+        else:
+            print(json.dumps(evaluate(args.checkpoint, args.data, args.split, args.limit, args.device, args.tta)))
+    except (DatasetError, CheckpointError) as e:  # a wrong path or file: one clear line, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

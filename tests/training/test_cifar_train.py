@@ -99,11 +99,19 @@ def test_torchrun_ddp_on_cpu(trained, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "training.cifar", "train",
            "--data", str(data), "--out", str(tmp_path), "--epochs", "1", "--batch-size", "64", "--val-size", "64",
            "--arch-config", json.dumps(TINY), "--device", "cpu", "--threads", "1", "--no-progress", "--cutout", "0"]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     start = json.loads(next(line for line in r.stdout.splitlines() if '"event": "start"' in line))
     assert start["world_size"] == 2
     assert (tmp_path / "model.pt").is_file() and len(read_log(tmp_path)) == 2  # one epoch + final, rank 0 only
+
+
+def test_cli_reports_a_bad_path_in_one_line(trained, tmp_path, capsys):
+    _, out, _ = trained
+    assert main(["evaluate", "--checkpoint", str(out / "model.pt"), "--data", str(tmp_path / "missing")]) == 2
+    assert "dataset path not found" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
 
 
 def test_paper_preset_and_schedule():
