@@ -173,6 +173,7 @@ def main() -> None:
     p.add_argument("--classify-batch", type=int, default=64, help="DCN_CLASSIFY_MAX_BATCH_SIZE when batching")
     p.add_argument("--transcribe-batch", type=int, default=16, help="DCN_TRANSCRIBE_MAX_BATCH_SIZE when batching")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--torch-threads", type=int, default=0, help="DCN_TORCH_THREADS (0: torch's default)")
     p.add_argument("--tiny", action="store_true", help="small random-weight models even if shipped ones exist")
     p.add_argument("--classifier", type=Path, help="classifier checkpoint (default: shipped, else tiny)")
     p.add_argument("--transcriber", type=Path, help="transcriber checkpoint (default: shipped, else tiny)")
@@ -188,7 +189,7 @@ def main() -> None:
           f"ComplexResNet9 / ComplexFrameTranscriber)")
     print(f"load: {args.concurrency} concurrent clients, {args.duration:g} s per route and mode "
           f"in {args.rounds} alternating rounds (+{args.warmup:g} s warm-up); /transcribe uploads "
-          f"{args.audio_seconds:g} s of audio\n", flush=True)
+          f"{args.audio_seconds:g} s of audio; torch threads: {args.torch_threads or 'default'}\n", flush=True)
 
     modes = {"batched": (args.classify_batch, args.transcribe_batch), "batch size 1": (1, 1)}
     servers: dict[str, tuple[subprocess.Popen, int]] = {}
@@ -197,7 +198,8 @@ def main() -> None:
         for mode, (cbs, tbs) in modes.items():
             servers[mode] = start_service({
                 "DCN_CLASSIFIER_CHECKPOINT": str(ckpts[0]), "DCN_TRANSCRIBER_CHECKPOINT": str(ckpts[1]),
-                "DCN_DEVICE": args.device, "DCN_CLASSIFY_MAX_BATCH_SIZE": str(cbs),
+                "DCN_DEVICE": args.device, "DCN_TORCH_THREADS": str(args.torch_threads),
+                "DCN_CLASSIFY_MAX_BATCH_SIZE": str(cbs),
                 "DCN_TRANSCRIBE_MAX_BATCH_SIZE": str(tbs), "DCN_REQUEST_TIMEOUT_S": "300",
                 "DCN_MAX_QUEUE_SIZE": str(max(1024, 4 * args.concurrency))})
         # Both services run side by side but only one is loaded at a time. The modes alternate in short

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import torch
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -73,6 +74,8 @@ class Service:
         """Blocking; raises CheckpointError / RuntimeError with a clear message (startup fails fast)."""
         s = self.settings
         device = resolve_device(s.device)
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)  # process-wide, the batcher threads included
         t0 = time.perf_counter()
         self.classifier = ClassifierRunner(s.classifier_checkpoint, device)
         self.transcriber = TranscriberRunner(s.transcriber_checkpoint, device)

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
                                          description="checkpoint served at /transcribe")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
     warmup: bool = Field(True, description="run one full-size batch per model before reporting ready")
+    torch_threads: int = Field(0, ge=0, description="CPU threads per forward pass; 0 = torch's default (one per "
+                                                    "core). 1 can be much faster on a CPU shared with other jobs")
 
     # Dynamic batching (per model). max_batch_size=1 disables batching.
     classify_max_batch_size: int = Field(64, ge=1, description="images per forward pass")

@@ -222,8 +222,9 @@ def test_settings_from_environment(monkeypatch):
     monkeypatch.setenv("DCN_DEVICE", "cpu")
     monkeypatch.setenv("DCN_CLASSIFY_MAX_BATCH_SIZE", "1")
     monkeypatch.setenv("DCN_MAX_UPLOAD_BYTES", "1234")
+    monkeypatch.setenv("DCN_TORCH_THREADS", "1")
     s = Settings()
-    assert (s.device, s.classify_max_batch_size, s.max_upload_bytes) == ("cpu", 1, 1234)
+    assert (s.device, s.classify_max_batch_size, s.max_upload_bytes, s.torch_threads) == ("cpu", 1, 1234, 1)
     assert s.classifier_checkpoint.name == "cifar10_complex.pt"
     monkeypatch.setenv("DCN_DEVICE", "tpu")
     with pytest.raises(ValueError):
