@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from models.checkpoint import build_model
 from models.cifar import count_parameters, paper_resnet_config
-from training.loop import autocast, hardware_string, resolve_device
+from models.checkpoint import resolve_device
+from training.loop import autocast, hardware_string
 
 
 def measure(arch: str, config: dict, batch_size: int, steps: int, device: torch.device, compile: bool = False) -> dict:

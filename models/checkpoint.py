@@ -50,6 +50,21 @@ def _import_architectures() -> None:
                 raise
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; a CUDA request without CUDA is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} requested but no CUDA device is available (use auto or cpu)")
+    return device
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Real parameters (a complex weight counts twice, as in the paper's budgets)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
     _import_architectures()
     if arch not in ARCHITECTURES:
@@ -99,7 +114,7 @@ def read_checkpoint(source: str | os.PathLike | bytes) -> dict[str, Any]:
 
 def load_checkpoint(source: str | os.PathLike | bytes, device: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model (eval mode, on ``device``) and return it with the checkpoint's ``meta``."""
+    """Rebuild the model (eval mode, on ``device``, 'auto' allowed) and return it with the checkpoint's ``meta``."""
     blob = read_checkpoint(source)
     model = build_model(blob["arch"], blob["config"])
     try:
@@ -107,7 +122,7 @@ def load_checkpoint(source: str | os.PathLike | bytes, device: str | torch.devic
     except RuntimeError as e:
         raise CheckpointError(f"weights do not match architecture {blob['arch']!r}: {e}") from e
     meta = dict(blob["meta"], arch=blob["arch"], config=blob["config"])
-    return model.to(device).eval(), meta
+    return model.to(resolve_device(device)).eval(), meta
 
 
 def file_sha256(path: str | os.PathLike) -> str:

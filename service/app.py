@@ -28,12 +28,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models.checkpoint import resolve_device
 from models.transcription import notes_from_probabilities, notes_to_midi
 
 from .batcher import Batcher, BatcherStopped, QueueFull
 from .decode import DecodeError
 from .metrics import Metrics
-from .runners import ClassifierRunner, TranscriberRunner, resolve_device
+from .runners import ClassifierRunner, TranscriberRunner
 from .schemas import ClassifyResponse, ErrorResponse, ModelsResponse, TranscribeResponse
 from .settings import Settings
 
@@ -73,11 +74,14 @@ class Service:
     def load(self) -> None:
         """Blocking; raises CheckpointError / RuntimeError with a clear message (startup fails fast)."""
         s = self.settings
-        device = resolve_device(s.device)
+        try:
+            device = resolve_device(s.device)
+        except RuntimeError as e:
+            raise RuntimeError(f"DCN_DEVICE={s.device}: {e}") from None
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)  # process-wide, the batcher threads included
         t0 = time.perf_counter()
-        self.classifier = ClassifierRunner(s.classifier_checkpoint, device)
+        self.classifier = ClassifierRunner(s.classifier_checkpoint, device, flip_tta=s.classify_tta)
         self.transcriber = TranscriberRunner(s.transcriber_checkpoint, device)
         log.info("loaded %s and %s on %s in %.1fs", self.classifier.name, self.transcriber.name, device,
                  time.perf_counter() - t0)

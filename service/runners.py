@@ -13,23 +13,15 @@ import torch
 from torch import nn
 
 from models import transcription as tr
-from models.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from models.checkpoint import CheckpointError, count_parameters, file_sha256, load_checkpoint, resolve_device
 
 from .decode import DecodeError, decode_audio, decode_image
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("DCN_DEVICE=cuda but no CUDA device is available (use auto or cpu)")
-    return torch.device(device)
-
-
-def _classify(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def _classify(model: nn.Module, images: torch.Tensor, flip_tta: bool) -> torch.Tensor:
     # Imported on first use: models/cifar.py registers the architectures and owns preprocessing/TTA.
     from models.cifar import classify
-    return classify(model, images)
+    return classify(model, images, flip_tta=flip_tta)
 
 
 def _load(path: Path, device: torch.device, task: str, env: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -52,7 +44,7 @@ class _Runner:
         self.model, self.meta = _load(self.path, device, self.task, env)
         self.name: str = self.meta.get("name") or self.path.stem
         self.sha256 = file_sha256(self.path)
-        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.parameters = count_parameters(self.model)
 
     def info(self) -> dict[str, Any]:
         card = self.path.with_suffix(".md")
@@ -65,8 +57,9 @@ class _Runner:
 class ClassifierRunner(_Runner):
     task, route = "image-classification", "/classify"
 
-    def __init__(self, path: str | Path, device: torch.device) -> None:
+    def __init__(self, path: str | Path, device: torch.device, flip_tta: bool = True) -> None:
         super().__init__(path, device, "DCN_CLASSIFIER_CHECKPOINT")
+        self.flip_tta = flip_tta
         self.class_names: list[str] = list(self.meta["class_names"])
         self.input_size: tuple[int, int] = tuple(self.meta.get("input_size", (32, 32)))
 
@@ -77,14 +70,15 @@ class ClassifierRunner(_Runner):
     def predict(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Batcher ``process``: uint8 (3, H, W) images -> probability rows, on the CPU."""
         # classify() moves the batch to the model's device and returns probabilities on the batch's (CPU).
-        return list(_classify(self.model, torch.stack(images)).float())
+        return list(_classify(self.model, torch.stack(images), self.flip_tta).float())
 
     def warmup(self, batch_size: int) -> None:
         for n in {1, batch_size}:
             self.predict([torch.zeros(3, *self.input_size, dtype=torch.uint8)] * n)
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "labels": self.class_names, "input_size": list(self.input_size)}
+        return {**super().info(), "labels": self.class_names, "input_size": list(self.input_size),
+                "test_time_augmentation": "flip" if self.flip_tta else None}
 
 
 class TranscriberRunner(_Runner):

@@ -52,6 +52,7 @@ class ModelInfo(BaseModel, extra="allow"):
     model_card: str | None
     labels: list[str] | None = Field(None, description="classifier: class names")
     input_size: list[int] | None = Field(None, description="classifier: [H, W] the images are resized to")
+    test_time_augmentation: str | None = Field(None, description="classifier: 'flip' when DCN_CLASSIFY_TTA is on")
     pitches: list[int] | None = Field(None, description="transcriber: MIDI numbers of the output columns")
     pitch_range: list[int] | None = Field(None, description="transcriber: [lowest, highest] MIDI number")
     sample_rate: int | None = Field(None, description="transcriber: model input rate (Hz)")

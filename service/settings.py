@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     transcriber_checkpoint: Path = Field(CHECKPOINT_DIR / "musicnet_complex.pt",
                                          description="checkpoint served at /transcribe")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
+    classify_tta: bool = Field(True, description="average each image with its mirror image (as the model card's "
+                                                 "accuracy was measured); false doubles /classify throughput")
     warmup: bool = Field(True, description="run one full-size batch per model before reporting ready")
     torch_threads: int = Field(0, ge=0, description="CPU threads per forward pass; 0 = torch's default (one per "
                                                     "core). 1 can be much faster on a CPU shared with other jobs")

@@ -258,5 +258,5 @@ def test_cuda_requested_without_gpu_fails_fast(checkpoints):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     app = create_app(settings_for(checkpoints, device="cuda"))
-    with pytest.raises(RuntimeError, match="DCN_DEVICE=cuda but no CUDA device"), TestClient(app):
+    with pytest.raises(RuntimeError, match="DCN_DEVICE=cuda.*no CUDA device"), TestClient(app):
         pass

@@ -60,3 +60,24 @@ def test_default_settings_serve_the_shipped_checkpoints():
         assert r.status_code == 200 and len(r.json()["results"][0]["probabilities"]) == 10
         r = c.post("/transcribe", files={"file": ("a.wav", audio_bytes(tone(seconds=1.0, sr=16000), sr=16000))})
         assert r.status_code == 200 and r.json()["notes"] is not None
+
+
+def test_flip_tta_setting_reaches_the_classifier(real_checkpoints):
+    """DCN_CLASSIFY_TTA=false serves the single forward pass; the default averages with the mirror image."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from service.app import create_app
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")  # not mirror-symmetric
+    probs = {}
+    for tta in (True, False):
+        with TestClient(create_app(settings_for(real_checkpoints, classify_tta=tta))) as c:
+            info = {m["task"]: m for m in c.get("/models").json()["models"]}["image-classification"]
+            assert info.get("test_time_augmentation") == ("flip" if tta else None)
+            r = c.post("/classify", files={"file": ("n.png", buf.getvalue())})
+            probs[tta] = r.json()["results"][0]["probabilities"]
+    assert probs[True] != probs[False]
