@@ -26,16 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoint import register_architecture
+from models.checkpoint import count_parameters, register_architecture
 from models.complex import ComplexBatchNorm2d, ComplexConv2d, ComplexMaxPool2d, CReLU, real_imag
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # same numbers as training/data/cifar.py (the model must not import training)
+# Per-channel mean/std of the 50,000 CIFAR-10 training images in [0, 1] units (training.data.cifar.channel_stats;
+# the 45k split differs in the 4th decimal). The models normalise their own input with them.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Real-valued trainable parameters (a complex weight counts twice), the unit the paper reports."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 class Normalize(nn.Module):

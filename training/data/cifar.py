@@ -20,14 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.cifar import CIFAR10_MEAN, CIFAR10_STD  # noqa: F401 - re-exported for the trainer
+
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SVHN_CLASSES = [str(d) for d in range(10)]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-
-# Per-channel mean/std of the 50,000 CIFAR-10 training images, in [0, 1] units (computed once with
-# ``channel_stats``; the 45k split differs in the 4th decimal). Stored in every checkpoint's meta.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 class DatasetError(ValueError):
