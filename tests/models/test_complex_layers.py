@@ -10,13 +10,17 @@ import torch.nn.functional as F
 from models.complex import (CReLU, ComplexConv1d, ComplexConv2d, ComplexDropout, ComplexLinear, ComplexMaxPool1d,
                             ComplexMaxPool2d, ModReLU, ZReLU, from_complex, to_complex)
 
-torch.set_default_dtype(torch.float64)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _float64_and_seed():
+    """References in double precision; the default dtype is process-wide, so restore it for other tests."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
     torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _grads_of(loss: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
