@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--write-meta", action="store_true", help="store the result under meta['speed'] of --checkpoint")
     ap.add_argument("--input-rate", type=int, default=44100, help="rate of the stereo test input (resampling counts)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -71,6 +72,12 @@ def main(argv: list[str] | None = None) -> dict:
               "all_seconds": [round(t, 3) for t in times], "batch_size": a.batch_size, "input_rate": sr,
               "hardware": hardware_string(device), "params": sum(p.numel() for p in model.parameters())}
     print(json.dumps(result))
+    if a.write_meta and a.checkpoint:
+        from models.checkpoint import read_checkpoint, save_checkpoint
+        blob = read_checkpoint(a.checkpoint)
+        speed = dict(blob["meta"].get("speed", {}))
+        speed[f"{device.type}_{a.threads}threads" if device.type == "cpu" else device.type] = result
+        save_checkpoint(a.checkpoint, model.cpu(), blob["arch"], blob["config"], dict(blob["meta"], speed=speed))
     return result
 
 

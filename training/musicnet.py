@@ -138,7 +138,9 @@ def score(predictions, threshold: float = 0.5, notes: bool = True) -> dict:
     from training.metrics import average_precision, frame_metrics, note_metrics
     probs = np.concatenate([tr.probabilities for tr, *_ in predictions])
     targets = np.concatenate([t for _, t, *_ in predictions])
-    times = np.concatenate([tr.times + 1e4 * k for k, (tr, *_) in enumerate(predictions)])  # keep files apart
+    # One contiguous time line (each recording after the previous one) for mir_eval, which caps times at 30000 s.
+    starts = np.cumsum([0.0] + [tr.times[-1] + 1.0 for tr, *_ in predictions[:-1]])
+    times = np.concatenate([tr.times + t0 for t0, (tr, *_) in zip(starts, predictions)])
     pitches = predictions[0][0].pitches
     m = {"ap": average_precision(targets, probs), **frame_metrics(targets, probs, times, pitches, threshold),
          "frames": int(len(probs)), "recordings": len(predictions),
