@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from models.checkpoint import build_model, load_checkpoint
+from models.checkpoint import build_model, count_parameters, load_checkpoint
 from models.transcription import transcribe
 from training.loop import hardware_string
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"arch": arch, "audio_seconds": a.seconds, "frames": int(len(tr.times)), "runs": a.runs,
               "median_seconds": round(med, 3), "real_time_factor": round(a.seconds / med, 1),
               "all_seconds": [round(t, 3) for t in times], "batch_size": a.batch_size, "input_rate": sr,
-              "hardware": hardware_string(device), "params": sum(p.numel() for p in model.parameters())}
+              "hardware": hardware_string(device), "params": count_parameters(model)}
     print(json.dumps(result))
     if a.write_meta and a.checkpoint:
         from models.checkpoint import read_checkpoint, save_checkpoint

@@ -23,8 +23,7 @@ from torch import nn
 
 from models.checkpoint import register_architecture
 from models.complex import (ComplexBatchNorm1d, ComplexBatchNorm2d, ComplexConv1d, ComplexConv2d, ComplexLinear,
-                            CReLU, block_weight)
-from models.complex.batchnorm import inverse_sqrt_2x2
+                            CReLU, fold_complex_bn)
 
 
 def midi_to_hz(m: float | np.ndarray) -> float | np.ndarray:
@@ -62,28 +61,6 @@ def compress(z: torch.Tensor, gain: float, dim: int = 1) -> torch.Tensor:
     mod = torch.sqrt(re * re + im * im + 1e-12)
     scale = torch.log1p(gain * mod) / mod
     return torch.cat([re * scale, im * scale], dim=dim)
-
-
-def fold_complex_bn(conv: ComplexConv2d, bn: ComplexBatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real (weight, bias) of one convolution equal to conv followed by complex BN in eval mode.
-
-    Eval-mode complex BN is a fixed 2x2 real-linear map per channel plus a shift, so it folds into
-    the preceding convolution's block weight (exact; halves the inference time of the body).
-    """
-    w = block_weight(conv.weight)
-    c = conv.out_channels
-    b = conv.bias if conv.bias is not None else torch.zeros(2 * c, dtype=w.dtype, device=w.device)
-    vrr, vri, vii = bn.running_covar
-    a, o, d = inverse_sqrt_2x2(vrr + bn.eps, vri, vii + bn.eps)
-    grr, gri, gii = bn.gamma_rr, bn.gamma_ri, bn.gamma_ii
-    m00, m01, m10, m11 = grr * a + gri * o, grr * o + gri * d, gri * a + gii * o, gri * o + gii * d
-    shape = (c,) + (1,) * (w.dim() - 1)
-    wr, wi = w[:c], w[c:]
-    mr, mi = bn.running_mean[:c], bn.running_mean[c:]
-    br, bi = b[:c] - mr, b[c:] - mi
-    weight = torch.cat([m00.view(shape) * wr + m01.view(shape) * wi, m10.view(shape) * wr + m11.view(shape) * wi])
-    bias = torch.cat([m00 * br + m01 * bi + bn.beta[:c], m10 * br + m11 * bi + bn.beta[c:]])
-    return weight, bias
 
 
 @register_architecture("complex_frame_transcriber")
@@ -207,9 +184,5 @@ class PaperRealMusicNet(_PaperMusicNet):
     complex_valued = False
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 __all__ = ["ComplexFrameTranscriber", "PaperComplexMusicNet", "PaperRealMusicNet", "constant_q_kernels",
-           "count_parameters", "midi_to_hz"]
+           "midi_to_hz"]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from models import transcription as tr
-from models.checkpoint import CheckpointError, count_parameters, file_sha256, load_checkpoint, resolve_device
+from models.checkpoint import CheckpointError, count_parameters, file_sha256, load_checkpoint
 
 from .decode import DecodeError, decode_audio, decode_image
 

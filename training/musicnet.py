@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from models.checkpoint import build_model, count_parameters, load_checkpoint, read_checkpoint, save_checkpoint
 from models.transcription import notes_from_probabilities, notes_to_midi, transcribe, window_samples
 from training.loop import (JsonlLogger, all_reduce_sum, autocast, git_commit, hardware_string, load_training_state,
                            progress, save_training_state, seed_everything, setup_runtime, teardown, unwrap, wrap_ddp)
@@ -170,7 +170,7 @@ def checkpoint_meta(model, cfg: TrainConfig, metrics: dict, extra: dict) -> dict
     return {"task": "transcription", "sample_rate": m.sample_rate, "hop_length": m.hop_length,
             "pitches": list(m.pitches), "frame_rate": m.sample_rate / m.hop_length,
             "frames_per_window": m.frames_per_window, "context": m.context, "metrics": metrics,
-            "params": sum(p.numel() for p in m.parameters()), "train_config": asdict(cfg),
+            "params": count_parameters(m), "train_config": asdict(cfg),
             "git_commit": git_commit(), **extra}
 
 
@@ -197,7 +197,7 @@ def train(cfg: TrainConfig) -> Path:
         print(f"resumed from {state_path} at step {step}", file=sys.stderr)
     ddp = wrap_ddp(model, rt)
     log = JsonlLogger(out / "log.jsonl", rt.is_main)
-    params = sum(p.numel() for p in model.parameters())
+    params = count_parameters(model)
     if rt.is_main:
         print(f"{cfg.arch}: {params:,} parameters; train {train_ds.hours:.2f} h / {len(train_ds)} recordings, "
               f"test {test_ds.hours:.2f} h; {hardware_string(rt.device)}", file=sys.stderr)

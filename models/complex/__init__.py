@@ -1,6 +1,6 @@
 """Deep complex network building blocks (Trabelsi et al., ICLR 2018), on a [real | imag] channel layout."""
 from .activations import CReLU, ModReLU, ZReLU
-from .batchnorm import ComplexBatchNorm1d, ComplexBatchNorm2d
+from .batchnorm import ComplexBatchNorm1d, ComplexBatchNorm2d, fold_complex_bn
 from .conv import ComplexConv1d, ComplexConv2d, ComplexLinear, block_weight
 from .init import complex_init_
 from .layout import from_complex, real_imag, to_complex
@@ -8,7 +8,7 @@ from .pooling import ComplexDropout, ComplexMaxPool1d, ComplexMaxPool2d
 
 __all__ = [
     "CReLU", "ModReLU", "ZReLU",
-    "ComplexBatchNorm1d", "ComplexBatchNorm2d",
+    "ComplexBatchNorm1d", "ComplexBatchNorm2d", "fold_complex_bn",
     "ComplexConv1d", "ComplexConv2d", "ComplexLinear", "block_weight",
     "complex_init_",
     "from_complex", "real_imag", "to_complex",

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from .conv import block_weight
 from .layout import real_imag
 
 
@@ -74,19 +75,20 @@ class _ComplexBatchNorm(nn.Module):
             mr, mi = real_imag(self.running_mean, 0)
             vrr, vri, vii = self.running_covar
             cr, ci = xr - mr.view(shape), xi - mi.view(shape)
-        a, b, d = inverse_sqrt_2x2(vrr + self.eps, vri, vii + self.eps)
-        if self.affine:
-            grr, gri, gii = self.gamma_rr, self.gamma_ri, self.gamma_ii
-            # M = gamma @ V^{-1/2}, both symmetric 2x2, M itself is not.
-            m00, m01 = grr * a + gri * b, grr * b + gri * d
-            m10, m11 = gri * a + gii * b, gri * b + gii * d
-            br, bi = real_imag(self.beta, 0)
-        else:
-            m00, m01, m10, m11 = a, b, b, d
-            br = bi = torch.zeros_like(a)
+        (m00, m01, m10, m11), (br, bi) = self._affine(vrr, vri, vii)
         yr = m00.view(shape) * cr + m01.view(shape) * ci + br.view(shape)
         yi = m10.view(shape) * cr + m11.view(shape) * ci + bi.view(shape)
         return torch.cat([yr, yi], dim=1).to(out_dtype)
+
+    def _affine(self, vrr, vri, vii):
+        """Per-channel M = gamma V^{-1/2} (entries m00, m01, m10, m11) and the shift beta = (br, bi)."""
+        a, b, d = inverse_sqrt_2x2(vrr + self.eps, vri, vii + self.eps)
+        if not self.affine:
+            return (a, b, b, d), (torch.zeros_like(a), torch.zeros_like(a))
+        grr, gri, gii = self.gamma_rr, self.gamma_ri, self.gamma_ii
+        # Both factors are symmetric 2x2; their product is not.
+        m = (grr * a + gri * b, grr * b + gri * d, gri * a + gii * b, gri * b + gii * d)
+        return m, real_imag(self.beta, 0)
 
     @torch.no_grad()
     def _update_running(self, mr, mi, vrr, vri, vii, n: int) -> None:
@@ -99,6 +101,30 @@ class _ComplexBatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"track_running_stats={self.track_running_stats} (complex channels)")
+
+
+def fold_complex_bn(conv: nn.Module, bn: _ComplexBatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real (weight, bias) of one convolution equal to ``conv`` followed by ``bn`` in eval mode.
+
+    Eval-mode complex BN is a fixed 2x2 real-linear map per channel plus a shift, so it folds exactly
+    into the preceding complex convolution's block weight: one conv at inference instead of conv + BN.
+    ``conv`` is a ComplexConv1d/2d with groups=1; use the result with F.conv1d/F.conv2d and conv's
+    stride, padding and dilation.
+    """
+    if not bn.track_running_stats:
+        raise ValueError("only BN with running statistics folds into a convolution")
+    if getattr(conv, "groups", 1) != 1:
+        raise ValueError("fold_complex_bn supports groups=1 only")
+    w = block_weight(conv.weight)
+    c = conv.out_channels
+    b = conv.bias if conv.bias is not None else torch.zeros(2 * c, dtype=w.dtype, device=w.device)
+    (m00, m01, m10, m11), (beta_r, beta_i) = bn._affine(*bn.running_covar)
+    shape = (c,) + (1,) * (w.dim() - 1)
+    wr, wi = w[:c], w[c:]
+    br, bi = b[:c] - bn.running_mean[:c], b[c:] - bn.running_mean[c:]
+    weight = torch.cat([m00.view(shape) * wr + m01.view(shape) * wi, m10.view(shape) * wr + m11.view(shape) * wi])
+    bias = torch.cat([m00 * br + m01 * bi + beta_r, m10 * br + m11 * bi + beta_i])
+    return weight, bias
 
 
 class ComplexBatchNorm1d(_ComplexBatchNorm):

@@ -137,3 +137,22 @@ def test_bfloat16_input_keeps_dtype_and_accuracy():
 def test_wrong_channel_count_is_a_clear_error():
     with pytest.raises(ValueError, match="expected"):
         ComplexBatchNorm2d(3)(torch.randn(2, 5, 4, 4))
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_fold_into_convolution_matches_conv_then_eval_bn(dims):
+    from models.complex import ComplexConv1d, ComplexConv2d, fold_complex_bn
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    conv = (ComplexConv2d if dims == 2 else ComplexConv1d)(3, 4, 3, padding=1, dtype=torch.float64)
+    bn = (ComplexBatchNorm2d if dims == 2 else ComplexBatchNorm1d)(4, dtype=torch.float64)
+    x = torch.randn(8, 6, *(5,) * dims, dtype=torch.float64)
+    bn(conv(x) * 3 + 1)  # non-trivial running statistics
+    with torch.no_grad():
+        bn.gamma_ri.fill_(0.2)
+        bn.beta.normal_()
+        conv.bias.normal_()
+    bn.eval()
+    w, b = fold_complex_bn(conv, bn)
+    folded = (F.conv2d if dims == 2 else F.conv1d)(x, w, b, padding=1)
+    torch.testing.assert_close(folded, bn(conv(x)), rtol=1e-10, atol=1e-10)
