@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.checkpoint import count_parameters, register_architecture
-from models.complex import ComplexBatchNorm2d, ComplexConv2d, ComplexMaxPool2d, CReLU, real_imag
+from models.complex import (ComplexBatchNorm2d, ComplexConv2d, ComplexMaxPool2d, CReLU, complex_global_max_pool,
+                            real_imag)
 
 # Per-channel mean/std of the 50,000 CIFAR-10 training images in [0, 1] units (training.data.cifar.channel_stats;
 # the 45k split differs in the 4th decimal). The models normalise their own input with them.
@@ -208,11 +209,7 @@ class ComplexResNet9(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.prep(self.input_imag(self.normalize(x))))))
-        xr, xi = real_imag(x)
-        # global max-pool by modulus: keep, per channel, the complex value with the largest |z|
-        idx = (xr * xr + xi * xi).flatten(2).argmax(2, keepdim=True)
-        x = torch.cat([xr.flatten(2).gather(2, idx), xi.flatten(2).gather(2, idx)], dim=1).flatten(1)
-        return self.fc(x) * self.logit_scale
+        return self.fc(complex_global_max_pool(x)) * self.logit_scale
 
 
 class RealConvBN(nn.Sequential):

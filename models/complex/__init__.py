@@ -4,7 +4,7 @@ from .batchnorm import ComplexBatchNorm1d, ComplexBatchNorm2d, fold_complex_bn
 from .conv import ComplexConv1d, ComplexConv2d, ComplexLinear, block_weight
 from .init import complex_init_
 from .layout import from_complex, real_imag, to_complex
-from .pooling import ComplexDropout, ComplexMaxPool1d, ComplexMaxPool2d
+from .pooling import ComplexDropout, ComplexMaxPool1d, ComplexMaxPool2d, complex_global_max_pool
 
 __all__ = [
     "CReLU", "ModReLU", "ZReLU",
@@ -12,5 +12,5 @@ __all__ = [
     "ComplexConv1d", "ComplexConv2d", "ComplexLinear", "block_weight",
     "complex_init_",
     "from_complex", "real_imag", "to_complex",
-    "ComplexDropout", "ComplexMaxPool1d", "ComplexMaxPool2d",
+    "ComplexDropout", "ComplexMaxPool1d", "ComplexMaxPool2d", "complex_global_max_pool",
 ]

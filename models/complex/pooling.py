@@ -21,6 +21,13 @@ def _max_by_modulus(x: torch.Tensor, pool, kernel_size, stride, padding) -> torc
     return torch.cat([pick(xr), pick(xi)], dim=1)
 
 
+def complex_global_max_pool(x: torch.Tensor) -> torch.Tensor:
+    """(N, 2C, *spatial) -> (N, 2C): per channel, the complex value with the largest modulus."""
+    xr, xi = real_imag(x)
+    idx = (xr * xr + xi * xi).flatten(2).argmax(2, keepdim=True)
+    return torch.cat([xr.flatten(2).gather(2, idx), xi.flatten(2).gather(2, idx)], dim=1).flatten(1)
+
+
 class ComplexMaxPool1d(nn.Module):
     def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0) -> None:
         super().__init__()

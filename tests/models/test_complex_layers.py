@@ -152,3 +152,11 @@ def test_complex_dropout_drops_whole_complex_values():
     assert set(torch.unique(y).tolist()) <= {0.0, 2.0}
     assert 0.3 < (y == 0).double().mean() < 0.7
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_complex_global_max_pool_keeps_largest_modulus_value():
+    from models.complex import complex_global_max_pool
+    z = torch.randn(3, 4, 5, 6, dtype=torch.complex128)
+    flat = z.flatten(2)
+    ref = flat.gather(2, flat.abs().argmax(2, keepdim=True)).squeeze(2)
+    torch.testing.assert_close(to_complex(complex_global_max_pool(from_complex(z))), ref)
