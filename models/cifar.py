@@ -165,23 +165,24 @@ def paper_resnet_config(variant: str = "IB", kind: str = "complex", num_classes:
 # The shipped model: complex ResNet-9
 
 
-class ComplexConvBN(nn.Sequential):
-    """complex conv 3x3 -> (max-pool by modulus) -> complex BN -> CReLU; pooling before BN is 4x cheaper."""
+class ConvBN(nn.Sequential):
+    """conv 3x3 -> (max-pool, by modulus when complex) -> BN -> activation; pooling before BN is 4x cheaper."""
 
-    def __init__(self, c_in: int, c_out: int, pool: bool = False) -> None:
-        layers: list[nn.Module] = [ComplexConv2d(c_in, c_out, 3, padding=1, bias=False, criterion="he")]
+    def __init__(self, kind: str, c_in: int, c_out: int, pool: bool = False) -> None:
+        conv, bn, act, _ = _layers(kind)
+        layers: list[nn.Module] = [conv(c_in, c_out, 3)]
         if pool:
-            layers.append(ComplexMaxPool2d(2))
-        layers += [ComplexBatchNorm2d(c_out), CReLU()]
+            layers.append(ComplexMaxPool2d(2) if kind == "complex" else nn.MaxPool2d(2))
+        layers += [bn(c_out), act()]
         super().__init__(*layers)
 
 
-class ComplexResidual(nn.Module):
-    """x + (conv-BN-CReLU)^2 (x), post-activation as in the DAWNBench ResNet-9."""
+class Residual(nn.Module):
+    """x + (conv-BN-act)^2 (x), post-activation as in the DAWNBench ResNet-9."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, kind: str, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(ComplexConvBN(channels, channels), ComplexConvBN(channels, channels))
+        self.body = nn.Sequential(ConvBN(kind, channels, channels), ConvBN(kind, channels, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -199,10 +200,10 @@ class ComplexResNet9(nn.Module):
         w0, w1, w2, w3 = widths
         self.normalize = Normalize(mean, std)
         self.input_imag = LearnedImaginary(3)
-        self.prep = ComplexConvBN(3, w0)
-        self.layer1 = nn.Sequential(ComplexConvBN(w0, w1, pool=True), ComplexResidual(w1))
-        self.layer2 = ComplexConvBN(w1, w2, pool=True)
-        self.layer3 = nn.Sequential(ComplexConvBN(w2, w3, pool=True), ComplexResidual(w3))
+        self.prep = ConvBN("complex", 3, w0)
+        self.layer1 = nn.Sequential(ConvBN("complex", w0, w1, pool=True), Residual("complex", w1))
+        self.layer2 = ConvBN("complex", w1, w2, pool=True)
+        self.layer3 = nn.Sequential(ConvBN("complex", w2, w3, pool=True), Residual("complex", w3))
         self.fc = nn.Linear(2 * w3, num_classes, bias=False)  # on the concatenated real and imaginary parts
         # Small logits at the start keep label-smoothed cross-entropy well conditioned (DAWNBench trick).
         self.logit_scale = logit_scale
@@ -210,26 +211,6 @@ class ComplexResNet9(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.prep(self.input_imag(self.normalize(x))))))
         return self.fc(complex_global_max_pool(x)) * self.logit_scale
-
-
-class RealConvBN(nn.Sequential):
-    """conv 3x3 -> (max-pool) -> BN -> ReLU: the real counterpart of ComplexConvBN."""
-
-    def __init__(self, c_in: int, c_out: int, pool: bool = False) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
-        if pool:
-            layers.append(nn.MaxPool2d(2))
-        layers += [nn.BatchNorm2d(c_out), nn.ReLU()]
-        super().__init__(*layers)
-
-
-class RealResidual(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(RealConvBN(channels, channels), RealConvBN(channels, channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
 
 
 @register_architecture("real_resnet9")
@@ -243,10 +224,10 @@ class RealResNet9(nn.Module):
         super().__init__()
         w0, w1, w2, w3 = widths
         self.normalize = Normalize(mean, std)
-        self.prep = RealConvBN(3, w0)
-        self.layer1 = nn.Sequential(RealConvBN(w0, w1, pool=True), RealResidual(w1))
-        self.layer2 = RealConvBN(w1, w2, pool=True)
-        self.layer3 = nn.Sequential(RealConvBN(w2, w3, pool=True), RealResidual(w3))
+        self.prep = ConvBN("real", 3, w0)
+        self.layer1 = nn.Sequential(ConvBN("real", w0, w1, pool=True), Residual("real", w1))
+        self.layer2 = ConvBN("real", w1, w2, pool=True)
+        self.layer3 = nn.Sequential(ConvBN("real", w2, w3, pool=True), Residual("real", w3))
         self.fc = nn.Linear(w3, num_classes, bias=False)
         self.logit_scale = logit_scale
 
