@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-import uvicorn
-
 from .app import create_app
+from .server import run
 from .settings import Settings
 
 
@@ -19,8 +18,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One process per machine (or GPU): batching needs every request in one process; scale out with replicas.
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level.lower(),
-                timeout_graceful_shutdown=10)
+    # uvicorn hardened (service/server.py): h11 with header limits and timeouts, a connection limit, and a
+    # graceful SIGTERM (not ready at once, in-flight requests get DCN_SHUTDOWN_GRACE_S, then 503).
+    settings = settings.model_copy(update={"log_level": args.log_level})
+    run(create_app(settings), settings, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,18 @@ task per model waits until ``max_batch_size`` items are pending or ``max_batch_d
 takes items round-robin across jobs (so a long recording does not starve a short one), runs
 ``process`` in its own thread (off the event loop), and hands each job its results once all of its
 items are done. A job whose request timed out or went away is dropped from the queue at once.
+
+Admission: a job is refused (``QueueFull``, HTTP 503 + Retry-After) when the queue has no room, or when,
+with a deadline, the round-robin estimate says it would not finish in time or would push an admitted job
+past its own deadline (finish of job j ~ seconds per item x sum over queued jobs k of min(waiting_k,
+waiting_j)). Seconds per item are measured on the batches run (a moving average), seeded by warm-up.
+So under overload some long jobs finish and the rest are refused at once, instead of all of them
+being served together and all missing the deadline.
 """
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -17,7 +25,11 @@ from typing import Any
 
 
 class QueueFull(Exception):
-    """The queue has no room for the job; the client should retry later."""
+    """The queue has no room for the job, or could not finish it in time; the client should retry later."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BatcherStopped(Exception):
@@ -25,10 +37,11 @@ class BatcherStopped(Exception):
 
 
 class _Job:
-    __slots__ = ("cancelled", "done", "future", "items", "next", "results")
+    __slots__ = ("cancelled", "deadline", "done", "future", "items", "next", "results")
 
-    def __init__(self, items: Sequence[Any], future: asyncio.Future) -> None:
+    def __init__(self, items: Sequence[Any], future: asyncio.Future, deadline: float = float("inf")) -> None:
         self.items = items
+        self.deadline = deadline  # time.monotonic() by which it must be answered
         self.results: list[Any] = [None] * len(items)
         self.next = 0          # index of the next item to put in a batch
         self.done = 0          # items with results
@@ -45,7 +58,8 @@ class Batcher:
 
     def __init__(self, name: str, process: Callable[[list[Any]], Sequence[Any]], *, max_batch_size: int,
                  max_batch_delay_ms: float, max_queue_size: int,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None, item_seconds: float | None = None,
+                 admission_margin: float = 0.8) -> None:
         self.name = name
         self.process = process
         self.max_batch_size = max_batch_size
@@ -53,6 +67,8 @@ class Batcher:
         self.max_queue_size = max_queue_size
         self.on_batch = on_batch  # (batch size, seconds) -> None, for metrics
         self.depth = 0            # items waiting in the queue (not yet in a batch)
+        self.item_seconds = item_seconds  # moving average of forward-pass seconds per item (None: not known)
+        self.admission_margin = admission_margin
         self._jobs: deque[_Job] = deque()  # jobs with items still waiting, in round-robin order
         self._live: set[_Job] = set()        # every job not yet answered (waiting or in a running batch)
         self._wakeup: asyncio.Event | None = None
@@ -83,6 +99,58 @@ class Batcher:
         self.depth = 0
         self._executor.shutdown(wait=True)
 
+    def _drain_seconds(self) -> float:
+        return max(1.0, (self.item_seconds or 0.0) * self.depth)
+
+    def precheck(self, timeout: float | None = None) -> None:
+        """Before decoding an upload: QueueFull if the queue is full already, or its backlog alone would take
+        longer than ``timeout`` (so an overloaded service refuses work before spending CPU on it)."""
+        if not self.running:
+            raise BatcherStopped(f"{self.name} is not running")
+        if self.depth >= self.max_queue_size:
+            raise QueueFull(f"{self.name} queue is full ({self.depth} items waiting)", self._drain_seconds())
+        if (timeout is not None and self.depth and self.item_seconds
+                and self.item_seconds * self.depth > self.admission_margin * timeout):
+            raise QueueFull(f"{self.name} is busy: {self.depth} items waiting, about "
+                            f"{self.item_seconds * self.depth:.1f} s of work, more than this request's deadline "
+                            f"allows", self._drain_seconds())
+
+    def _admit(self, n: int, deadline: float) -> None:
+        """QueueFull if a job of ``n`` items due by ``deadline`` cannot be served in time (see the module doc)."""
+        if not self.item_seconds or not self.depth or deadline == float("inf"):
+            return
+        now = time.monotonic()
+        jobs = [j for j in self._live if not j.cancelled and j.waiting]
+        waiting = sorted(j.waiting for j in jobs)
+        prefix = [0]
+        for w in waiting:
+            prefix.append(prefix[-1] + w)
+
+        def items_until_done(w: int) -> int:  # round-robin: every queued job contributes min(its items, w)
+            i = bisect.bisect_right(waiting, w)
+            return prefix[i] + w * (len(waiting) - i)
+
+        margin, per_item = self.admission_margin, self.item_seconds
+        finish = per_item * (items_until_done(n) + n)
+        if finish > margin * (deadline - now):
+            raise QueueFull(f"{self.name} is busy: this job would take about {finish:.1f} s with the work queued "
+                            f"ahead of it, more than its deadline allows", self._drain_seconds())
+        for j in jobs:
+            before = per_item * items_until_done(j.waiting)
+            after = before + per_item * min(n, j.waiting)
+            if before <= margin * (j.deadline - now) < after:
+                raise QueueFull(f"{self.name} is busy: admitting this job would make an earlier one miss its "
+                                f"deadline", self._drain_seconds())
+
+    def abort(self, reason: str) -> int:
+        """Answer every waiting job with BatcherStopped(reason) (shutdown grace period over); returns how many."""
+        n = 0
+        for job in list(self._live):
+            if not job.future.done():
+                job.future.set_exception(BatcherStopped(reason))
+                n += 1
+        return n
+
     async def submit(self, items: Sequence[Any], timeout: float | None = None) -> list[Any]:
         """Results for ``items`` in order. Raises QueueFull, TimeoutError, BatcherStopped or process' error.
 
@@ -94,8 +162,10 @@ class Batcher:
         if not items:
             return []
         if self.depth and self.depth + len(items) > self.max_queue_size:
-            raise QueueFull(f"{self.name} queue is full ({self.depth} items waiting)")
-        job = _Job(items, asyncio.get_running_loop().create_future())
+            raise QueueFull(f"{self.name} queue is full ({self.depth} items waiting)", self._drain_seconds())
+        deadline = float("inf") if timeout is None else time.monotonic() + timeout
+        self._admit(len(items), deadline)
+        job = _Job(items, asyncio.get_running_loop().create_future(), deadline)
         self._jobs.append(job)
         self._live.add(job)
         self.depth += len(items)
@@ -152,8 +222,13 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(e)
                 continue
+            seconds = time.perf_counter() - t0
+            if len(batch) == self.max_batch_size or self.depth:  # per-item cost under load, not of a lone item
+                per_item = seconds / len(batch)
+                self.item_seconds = (per_item if self.item_seconds is None
+                                     else 0.8 * self.item_seconds + 0.2 * per_item)
             if self.on_batch is not None:
-                self.on_batch(len(batch), time.perf_counter() - t0)
+                self.on_batch(len(batch), seconds)
             for (job, i), result in zip(batch, results):
                 if job.future.done():
                     continue

@@ -31,13 +31,35 @@ class Settings(BaseSettings):
     transcribe_max_batch_size: int = Field(16, ge=1, description="audio windows per forward pass")
     transcribe_max_batch_delay_ms: float = Field(10.0, ge=0, description="how long a batch waits to fill")
     max_queue_size: int = Field(1024, ge=1, description="pending items (images or windows) per model; more: 503")
-    request_timeout_s: float = Field(30.0, gt=0, description="deadline from arrival to answer; past it: 504")
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline from the end of the upload to the answer "
+                                                             "(decoding and inference); past it: 504")
+    admission_margin: float = Field(0.8, gt=0, le=1, description="a job is refused (503) when its estimated finish "
+                                                                 "(queue ahead of it, round-robin) is later than "
+                                                                 "this fraction of its time left to the deadline")
 
     # Upload limits
     max_upload_bytes: int = Field(64 * 2**20, ge=1, description="request body size; enforced while reading (413)")
     max_files: int = Field(64, ge=1, description="images per /classify request (413)")
     max_image_pixels: int = Field(40_000_000, ge=1, description="decoded width*height per image (decompression bombs)")
+    max_image_decode_bytes: int = Field(320_000_000, ge=1, description="memory to decode one image (decoded + RGB "
+                                                                       "copy, from its header), 400 over it")
+    max_request_decode_bytes: int = Field(2**30, ge=1, description="the same summed over a /classify request's "
+                                                                   "images, checked before any is decoded (413)")
+    decode_concurrency: int = Field(2, ge=1, description="uploads decoded at once (a thread pool); the others "
+                                                         "wait, within their deadline. Bounds decode memory")
     max_audio_seconds: float = Field(600.0, gt=0, description="recording length per /transcribe request (413)")
+
+    # Connections (python -m service; uvicorn with the h11 parser)
+    max_header_bytes: int = Field(16_384, ge=1024, description="request line + headers; over it: 431, closed")
+    max_header_count: int = Field(100, ge=8, description="headers per request; over it: 431")
+    header_timeout_s: float = Field(10.0, gt=0, description="a connection must send a complete request head "
+                                                            "within this (slow or silent clients are closed)")
+    body_timeout_s: float = Field(15.0, gt=0, description="longest pause between body chunks (408)")
+    upload_timeout_s: float = Field(120.0, gt=0, description="whole upload (408); the deadline starts after it")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
+    max_connections: int = Field(512, ge=1, description="open connections and requests; beyond: 503 at once")
+    shutdown_grace_s: float = Field(20.0, ge=0, description="on SIGTERM: /readyz 503 and new requests 503 at once; "
+                                                            "requests in flight get this long to finish, then 503")
 
     # Server (python -m service)
     host: str = Field("127.0.0.1", description="bind address (--host overrides)")
