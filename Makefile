@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[train,dev]'
+	$(PY) -m pip install --quiet --no-deps 'basic-pitch==0.4.0' 'resampy>=0.4.3,<0.5'
 	touch $@
 
 system-deps:

@@ -42,7 +42,7 @@ def register_architecture(name: str) -> Callable:
 def _import_architectures() -> None:
     # Architectures register themselves on import; import the model zoo lazily so this module stays light.
     import importlib
-    for mod in ("models.cifar", "models.transcriber"):
+    for mod in ("models.cifar", "models.transcriber", "models.note_transcriber"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

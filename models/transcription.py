@@ -8,7 +8,11 @@ Contract every transcriber architecture in models/transcriber.py fulfils (attrib
     pitches: list[int]        MIDI numbers of the output columns
     frames_per_window: int    output frames per window
     context: int              extra samples the model sees on each side of a window's frames
-    forward(windows)          (B, window_samples) float -> (B, frames_per_window, len(pitches)) logits
+    forward(windows)          (B, window_samples) float -> (B, frames_per_window, len(pitches)) logits,
+                              or (B, frames_per_window, len(pitches), len(heads)) for multi-head models
+    heads: tuple[str, ...]    optional; output heads in order, "frame" first (default ("frame",)). Note-level
+                              models add "onset" (and "offset"); notes are then decoded from onsets + frames.
+    decoding: dict            optional; the calibrated note-decoding defaults (thresholds), see decode_notes
 with window_samples = frames_per_window * hop_length + 2 * context. Window j holds the samples
 [j*F*hop - context, (j+1)*F*hop + context) (zero outside the audio) and yields frames
 j*F ... (j+1)*F - 1, so windows never overlap in output, are independent (batchable across
@@ -28,7 +32,19 @@ from torch import nn
 class Transcription:
     times: np.ndarray          # (frames,) seconds, frame centres
     pitches: np.ndarray        # (pitches,) MIDI numbers
-    probabilities: np.ndarray  # (frames, pitches) float32
+    probabilities: np.ndarray  # (frames, pitches) float32: the frame head, P(pitch sounds at this frame)
+    onsets: np.ndarray | None = None   # (frames, pitches) P(a note of this pitch starts at this frame)
+    offsets: np.ndarray | None = None  # (frames, pitches) P(a note of this pitch ends at this frame)
+
+    @classmethod
+    def from_heads(cls, times: np.ndarray, pitches: np.ndarray, probs: np.ndarray,
+                   heads: tuple[str, ...] = ("frame",)) -> "Transcription":
+        """``probs`` (frames, pitches, len(heads)) or (frames, pitches) -> one array per head."""
+        probs = np.asarray(probs, dtype=np.float32)
+        if probs.ndim == 2:
+            probs = probs[..., None]
+        by = {h: np.ascontiguousarray(probs[..., i]) for i, h in enumerate(heads)}
+        return cls(times, pitches, by["frame"], by.get("onset"), by.get("offset"))
 
     @property
     def frame_rate(self) -> float:
@@ -39,17 +55,28 @@ def window_samples(model: nn.Module) -> int:
     return model.frames_per_window * model.hop_length + 2 * model.context
 
 
+MAX_PEAK = 1e3  # full scale is 1.0; a louder peak is rescaled to 1.0 (see prepare_audio)
+
+
 def prepare_audio(audio: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
-    """(samples,) or (samples, channels) at any rate -> mono float32 at ``target_rate``."""
+    """(samples,) or (samples, channels) at any rate -> mono float32 at ``target_rate``.
+
+    Float recordings whose peak exceeds ``MAX_PEAK`` (60 dB over full scale: integer-scaled floats such
+    as +-32767, or garbage such as 1e20) are rescaled to a peak of 1.0; at such levels the model's
+    spectra overflow float32 and every probability would be NaN. Quieter audio is left as it is.
+    """
     audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1)
-    if audio.ndim != 1:
+    if audio.ndim not in (1, 2):
         raise ValueError(f"audio must be (samples,) or (samples, channels), got shape {audio.shape}")
     if audio.size == 0:
         raise ValueError("audio is empty")
     if not np.isfinite(audio).all():
         raise ValueError("audio contains NaN or infinite samples")
+    peak = float(np.abs(audio).max())
+    if peak > MAX_PEAK:  # before the mix-down, whose float32 sum could overflow at such levels
+        audio = audio / np.float32(peak)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
     if sample_rate != target_rate:
         import librosa  # soxr resampler; imported lazily, it is slow to import
         audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=target_rate, res_type="soxr_hq")
@@ -72,15 +99,22 @@ def cut_windows(model: nn.Module, audio: np.ndarray | torch.Tensor) -> tuple[tor
     return padded.unfold(0, window_samples(model), step)[:n_windows].contiguous(), n_frames
 
 
+def heads(model: nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(model, "heads", ("frame",)))
+
+
 def predict_windows(model: nn.Module, windows: torch.Tensor) -> torch.Tensor:
-    """(B, window_samples) -> (B, frames_per_window, pitches) probabilities, on the model's device."""
+    """(B, window_samples) -> (B, frames_per_window, pitches, heads) probabilities, on the model's device."""
     device = next(model.parameters()).device
-    return torch.sigmoid(model(windows.to(device)).float())
+    logits = model(windows.to(device)).float()
+    if logits.dim() == 3:
+        logits = logits.unsqueeze(-1)
+    return torch.sigmoid(logits)
 
 
 def stitch_windows(window_probs: torch.Tensor, n_frames: int) -> torch.Tensor:
-    """(W, frames_per_window, P) in window order -> (n_frames, P)."""
-    return window_probs.reshape(-1, window_probs.shape[-1])[:n_frames]
+    """(W, frames_per_window, P, H) in window order -> (n_frames, P, H)."""
+    return window_probs.reshape(-1, *window_probs.shape[2:])[:n_frames]
 
 
 def frame_times(model: nn.Module, n_frames: int) -> np.ndarray:
@@ -94,8 +128,8 @@ def transcribe(model: nn.Module, audio: np.ndarray, sample_rate: int, batch_size
     windows, n_frames = cut_windows(model, mono)
     probs = torch.cat([predict_windows(model, windows[i: i + batch_size]).cpu()
                        for i in range(0, len(windows), batch_size)])
-    return Transcription(frame_times(model, n_frames), np.asarray(model.pitches, dtype=np.int64),
-                         stitch_windows(probs, n_frames).numpy().astype(np.float32))
+    return Transcription.from_heads(frame_times(model, n_frames), np.asarray(model.pitches, dtype=np.int64),
+                                    stitch_windows(probs, n_frames).numpy(), heads(model))
 
 
 def notes_from_probabilities(probabilities: np.ndarray, times: np.ndarray, pitches: np.ndarray,
@@ -128,6 +162,82 @@ def notes_from_probabilities(probabilities: np.ndarray, times: np.ndarray, pitch
                               "confidence": round(float(run.mean()), 4)})
     notes.sort(key=lambda n: (n["onset"], n["pitch"]))
     return notes
+
+
+DEFAULT_DECODING = {"onset_threshold": 0.5, "frame_threshold": 0.3, "min_note_length": 0.05}
+
+
+def decoding_defaults(model: nn.Module) -> dict:
+    """The model's calibrated note-decoding thresholds (stored in its checkpoint), else the generic ones."""
+    return {**DEFAULT_DECODING, **dict(getattr(model, "decoding", None) or {})}
+
+
+def notes_from_onsets(onsets: np.ndarray, frames: np.ndarray, times: np.ndarray, pitches: np.ndarray,
+                      onset_threshold: float = 0.5, frame_threshold: float = 0.3,
+                      min_note_length: float = 0.05, max_gap: int = 2, min_gap: int = 2) -> list[dict]:
+    """Onsets-and-Frames decoding: a note starts at a local peak of the onset head above ``onset_threshold``
+    and lasts while the frame head stays above ``frame_threshold`` or until the next onset of the same pitch
+    (a re-articulated note); dips below the threshold of up to ``max_gap`` frames (vibrato, tremolo) do not
+    end a note, and onset peaks closer than ``min_gap`` frames count once. Frame activity without an onset
+    makes no note: that is how harmonics and reverb tails, which sustain but never start, are kept out.
+    Onset times are refined to sub-frame precision by a parabola through the peak and its two neighbours."""
+    if not 0 <= frame_threshold <= 1 or not 0 <= onset_threshold <= 1:
+        raise ValueError("thresholds must lie in [0, 1]")
+    onsets, frames = np.asarray(onsets, dtype=np.float32), np.asarray(frames, dtype=np.float32)
+    n = len(times)
+    if onsets.size == 0 or n == 0:
+        return []
+    dt = float(times[1] - times[0]) if n > 1 else 0.0
+    padded = np.pad(onsets, ((1, 1), (0, 0)), constant_values=-1.0)
+    prev, cur, nxt = padded[:-2], padded[1:-1], padded[2:]
+    peaks = (cur >= onset_threshold) & (cur >= prev) & (cur > nxt)
+    notes = []
+    for j in np.flatnonzero(peaks.any(axis=0)):
+        starts = np.flatnonzero(peaks[:, j])
+        if len(starts) > 1:  # one attack that peaks twice within min_gap frames is one onset
+            keep = np.concatenate([[True], np.diff(starts) > min_gap])
+            starts = starts[keep]
+        col, above = frames[:, j], frames[:, j] >= frame_threshold
+        for k, s in enumerate(starts):
+            limit = starts[k + 1] if k + 1 < len(starts) else n
+            last = s  # the note's last frame so far; the onset frame always belongs to it
+            for e in range(s + 1, limit):
+                if above[e]:
+                    last = e
+                elif e - last > max_gap:
+                    break
+            e = last + 1
+            a, b, c = float(prev[s, j]), float(cur[s, j]), float(nxt[s, j])
+            shift = 0.0
+            if a >= 0 and c >= 0 and (a - 2 * b + c) < 0:
+                shift = float(np.clip(0.5 * (a - c) / (a - 2 * b + c), -0.5, 0.5))
+            onset = float(times[s]) + shift * dt
+            offset = float(times[e - 1]) + 0.5 * dt
+            if offset - onset >= min_note_length:
+                notes.append({"onset": round(max(onset, 0.0), 4), "offset": round(offset, 4),
+                              "pitch": int(pitches[j]), "confidence": round(float(col[s:e].mean()), 4)})
+    notes.sort(key=lambda x: (x["onset"], x["pitch"]))
+    return notes
+
+
+def decode_notes(tr: Transcription, onset_threshold: float | None = None, frame_threshold: float | None = None,
+                 min_note_length: float | None = None, defaults: dict | None = None) -> list[dict]:
+    """Note events of a transcription. Thresholds left as None take ``defaults`` (a model's calibrated
+    ``decoding_defaults``), else DEFAULT_DECODING. Models with an onset head decode onsets + frames;
+    frame-only models decode runs of frames (notes_from_probabilities)."""
+    d = {**DEFAULT_DECODING, **(defaults or {})}
+    on = d["onset_threshold"] if onset_threshold is None else onset_threshold
+    fr = d["frame_threshold"] if frame_threshold is None else frame_threshold
+    ml = d["min_note_length"] if min_note_length is None else min_note_length
+    if tr.onsets is not None:
+        return notes_from_onsets(tr.onsets, tr.probabilities, tr.times, tr.pitches, on, fr, ml)
+    return notes_from_probabilities(tr.probabilities, tr.times, tr.pitches, max(on, fr), min(on, fr), ml)
+
+
+def notes_to_csv(notes: list[dict]) -> str:
+    """Note events as CSV text, header ``onset,offset,pitch,confidence`` (seconds, MIDI, 0-1)."""
+    return "".join(["onset,offset,pitch,confidence\n"] + [f"{n['onset']},{n['offset']},{n['pitch']},{n['confidence']}\n"
+                                                           for n in notes])
 
 
 def notes_to_midi(notes: list[dict], program: int = 0, ticks_per_beat: int = 480, tempo_bpm: float = 120.0) -> bytes:

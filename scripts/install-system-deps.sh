@@ -3,7 +3,7 @@
 # Chromium + driver (demo-page browser test), docker-compose (compose file validation).
 # Installs only what is missing, so repeated `make test` runs do not touch apt.
 set -euo pipefail
-packages=(fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small chromium chromium-driver docker-compose)
+packages=(fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small csound-soundfont chromium chromium-driver docker-compose)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -15,7 +15,11 @@ from torch import nn
 from models import transcription as tr
 from models.checkpoint import CheckpointError, count_parameters, file_sha256, load_checkpoint
 
-from .decode import DecodeError, decode_audio, decode_image
+from .decode import DecodeError, StopCheck, decode_audio_ex, decode_image
+
+ROOT = Path(__file__).resolve().parent.parent
+# Keys of a checkpoint's metrics that describe the training machine, not the model: never shown by /models.
+PRIVATE_KEYS = {"command", "data", "dataset", "out", "cache_dir", "hardware", "git_commit"}
 
 
 def _classify(model: nn.Module, images: torch.Tensor, flip_tta: bool) -> torch.Tensor:
@@ -24,14 +28,43 @@ def _classify(model: nn.Module, images: torch.Tensor, flip_tta: bool) -> torch.T
     return classify(model, images, flip_tta=flip_tta)
 
 
+def _guess_task(model: nn.Module) -> str:
+    return "transcription" if hasattr(model, "sample_rate") and hasattr(model, "pitches") else "image-classification"
+
+
 def _load(path: Path, device: torch.device, task: str, env: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Every way a checkpoint can be unusable is one CheckpointError line that names the setting and the file."""
     try:
         model, meta = load_checkpoint(path, device)
     except CheckpointError as e:
         raise CheckpointError(f"{env}: {e}") from None
-    if meta.get("task", task) != task:
-        raise CheckpointError(f"{env}: {path} is a {meta['task']!r} checkpoint, expected {task!r}")
+    except TypeError as e:  # the architecture does not take an argument of the checkpoint's config
+        raise CheckpointError(f"{env}: {path}: its config does not fit its architecture ({e})") from None
+    except Exception as e:  # noqa: BLE001 - building a model can fail in many ways; say so in one line
+        raise CheckpointError(f"{env}: {path}: cannot build the model: {type(e).__name__}: {e}") from None
+    found = meta.get("task") or _guess_task(model)
+    if found != task:
+        how = "" if meta.get("task") else " (no 'task' in its meta; its architecture looks like one)"
+        raise CheckpointError(f"{env}: {path} is a {found!r} checkpoint{how}, expected {task!r}")
     return model, meta
+
+
+def public_path(path: Path) -> str:
+    """A path as /models shows it: relative to the repository when inside it, else the file name alone."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return path.name
+
+
+def public_metrics(value: Any) -> Any:
+    """Metrics without commands, absolute paths or machine details (they say nothing about the model)."""
+    if isinstance(value, dict):
+        return {k: public_metrics(v) for k, v in value.items()
+                if k not in PRIVATE_KEYS and not (isinstance(v, str) and v.startswith("/"))}
+    if isinstance(value, list):
+        return [public_metrics(v) for v in value]
+    return value
 
 
 class _Runner:
@@ -49,9 +82,9 @@ class _Runner:
     def info(self) -> dict[str, Any]:
         card = self.path.with_suffix(".md")
         return {"name": self.name, "task": self.task, "route": self.route, "arch": self.meta.get("arch"),
-                "checkpoint": str(self.path), "sha256": self.sha256, "parameters": self.parameters,
-                "device": str(self.device), "metrics": self.meta.get("metrics", {}),
-                "model_card": str(card) if card.is_file() else None}
+                "checkpoint": public_path(self.path), "sha256": self.sha256, "parameters": self.parameters,
+                "device": str(self.device), "metrics": public_metrics(self.meta.get("metrics", {})),
+                "model_card": public_path(card) if card.is_file() else None}
 
 
 class ClassifierRunner(_Runner):
@@ -60,11 +93,16 @@ class ClassifierRunner(_Runner):
     def __init__(self, path: str | Path, device: torch.device, flip_tta: bool = True) -> None:
         super().__init__(path, device, "DCN_CLASSIFIER_CHECKPOINT")
         self.flip_tta = flip_tta
-        self.class_names: list[str] = list(self.meta["class_names"])
+        names = self.meta.get("class_names")
+        if not isinstance(names, (list, tuple)) or not names:
+            raise CheckpointError(f"DCN_CLASSIFIER_CHECKPOINT: {self.path} has no class_names in its meta "
+                                  f"(a list of label strings is required)")
+        self.class_names: list[str] = [str(n) for n in names]
         self.input_size: tuple[int, int] = tuple(self.meta.get("input_size", (32, 32)))
 
-    def decode(self, data: bytes, max_pixels: int) -> torch.Tensor:
-        return decode_image(data, self.input_size, max_pixels)
+    def decode(self, data: bytes, max_pixels: int, max_bytes: int | None = None,
+               should_stop: StopCheck | None = None) -> torch.Tensor:
+        return decode_image(data, self.input_size, max_pixels, max_bytes, should_stop)
 
     @torch.inference_mode()
     def predict(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -91,25 +129,39 @@ class TranscriberRunner(_Runner):
         self.pitches = np.asarray(m.pitches, dtype=np.int64)
         self.frame_rate = self.sample_rate / self.hop_length
         self.window_samples = tr.window_samples(m)
+        self.heads = tr.heads(m)
+        self.decoding = decoding_defaults(m, self.meta)
 
-    def decode(self, data: bytes, max_seconds: float) -> tuple[torch.Tensor, int, float]:
-        """File bytes -> (windows (W, window_samples), frames, duration in seconds)."""
-        audio, sr = decode_audio(data, max_seconds)
+    def decode(self, data: bytes, max_seconds: float, should_stop: StopCheck | None = None
+               ) -> tuple[torch.Tensor, int, float]:
+        """File bytes -> (windows (W, window_samples), frames, duration in seconds).
+
+        Resampled to the model rate block by block while decoding: never held at the file's rate."""
+        audio, sr, duration = decode_audio_ex(data, max_seconds, self.sample_rate, should_stop)
+        if audio.dtype == np.float64 and audio.size and np.isfinite(audio).all():
+            peak = float(np.abs(audio).max())
+            if peak > tr.MAX_PEAK:  # rescale before float32 (prepare_audio): resampled peaks may pass its range
+                audio = audio / peak
         try:
             mono = tr.prepare_audio(audio, sr, self.sample_rate)
         except ValueError as e:  # empty, NaN or infinite samples
-            raise DecodeError(400, str(e)) from None
+            raise DecodeError(400, f"audio cannot be analysed: {e}") from None
         windows, n_frames = tr.cut_windows(self.model, mono)
-        return windows, n_frames, len(audio) / sr
+        return windows, n_frames, duration
 
     @torch.inference_mode()
     def predict(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Batcher ``process``: audio windows (from any requests) -> (frames_per_window, P) probabilities."""
+        """Batcher ``process``: audio windows (from any requests) -> (frames_per_window, P, heads) probabilities."""
         return list(tr.predict_windows(self.model, torch.stack(windows)).cpu())
 
     def stitch(self, window_probs: list[torch.Tensor], n_frames: int) -> tr.Transcription:
-        probs = tr.stitch_windows(torch.stack(window_probs), n_frames).numpy().astype(np.float32)
-        return tr.Transcription(tr.frame_times(self.model, n_frames), self.pitches, probs)
+        probs = tr.stitch_windows(torch.stack(window_probs), n_frames).numpy()
+        return tr.Transcription.from_heads(tr.frame_times(self.model, n_frames), self.pitches, probs, self.heads)
+
+    def decode_notes(self, t: tr.Transcription, onset_threshold: float | None = None,
+                     frame_threshold: float | None = None, min_note_length: float | None = None) -> list[dict]:
+        """Note events; a threshold left as None takes the model's calibrated default (``self.decoding``)."""
+        return tr.decode_notes(t, onset_threshold, frame_threshold, min_note_length, defaults=self.decoding)
 
     def warmup(self, batch_size: int) -> None:
         tr.prepare_audio(np.zeros(441, np.float32), 44_100, self.sample_rate)  # first resample imports librosa: slow
@@ -120,4 +172,13 @@ class TranscriberRunner(_Runner):
         return {**super().info(), "pitches": self.pitches.tolist(),
                 "pitch_range": [int(self.pitches.min()), int(self.pitches.max())],
                 "sample_rate": self.sample_rate, "hop_length": self.hop_length, "frame_rate": self.frame_rate,
-                "window_seconds": self.window_samples / self.sample_rate}
+                "window_seconds": self.window_samples / self.sample_rate, "heads": list(self.heads),
+                "decoding": dict(self.decoding)}
+
+
+def decoding_defaults(model: nn.Module, meta: dict[str, Any]) -> dict[str, float]:
+    """The model's calibrated thresholds (``models.transcription.decoding_defaults``); a checkpoint that keeps
+    them only in its meta (``meta["decoding"]``) is honoured too."""
+    if not getattr(model, "decoding", None) and meta.get("decoding"):
+        return {**tr.DEFAULT_DECODING, **meta["decoding"]}
+    return tr.decoding_defaults(model)

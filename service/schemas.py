@@ -27,6 +27,13 @@ class Note(BaseModel):
     confidence: float = Field(description="mean frame probability over the note")
 
 
+class Decoding(BaseModel):
+    onset_threshold: float = Field(description="a note starts where the onset head (or, for frame-only models, "
+                                               "the frame probability) reaches this")
+    frame_threshold: float = Field(description="a note lasts while the frame probability stays above this")
+    min_note_length: float = Field(description="shorter notes are dropped (seconds)")
+
+
 class TranscribeResponse(BaseModel):
     model: str
     duration: float = Field(description="length of the recording, seconds")
@@ -35,7 +42,13 @@ class TranscribeResponse(BaseModel):
     times: list[float] = Field(description="frame centres, seconds")
     pitches: list[int] = Field(description="MIDI note numbers of the probability columns")
     probabilities: list[list[float]] = Field(
-        description="probabilities[i][j]: probability that pitches[j] sounds at times[i]")
+        description="probabilities[i][j]: probability that pitches[j] sounds at times[i] (the frame head), "
+                    "rounded to 3 decimals")
+    onsets: list[list[float]] | None = Field(
+        None, description="models with an onset head only: onsets[i][j], probability that a note of pitches[j] "
+                          "starts at times[i], rounded to 3 decimals")
+    decoding: Decoding = Field(description="the thresholds the notes were decoded with: the query's, else the "
+                                           "model's calibrated defaults")
     notes: list[Note]
 
 
@@ -59,6 +72,11 @@ class ModelInfo(BaseModel, extra="allow"):
     hop_length: int | None = None
     frame_rate: float | None = Field(None, description="transcriber: frames per second")
     window_seconds: float | None = Field(None, description="transcriber: audio per batched window")
+    heads: list[str] | None = Field(None, description="transcriber: output heads, 'frame' first; 'onset' when notes "
+                                                      "are decoded from an onset head")
+    decoding: dict | None = Field(None, description="transcriber: calibrated note-decoding defaults "
+                                                    "(onset_threshold, frame_threshold, min_note_length) that "
+                                                    "/transcribe uses when a threshold is not given")
 
 
 class ModelsResponse(BaseModel):

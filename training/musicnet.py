@@ -25,9 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from models.checkpoint import build_model, count_parameters, load_checkpoint, read_checkpoint, save_checkpoint
-from models.transcription import notes_from_probabilities, notes_to_midi, transcribe, window_samples
+from models.transcription import decode_notes, decoding_defaults, heads, transcribe, window_samples
 from training.loop import (JsonlLogger, all_reduce_sum, autocast, git_commit, hardware_string, load_training_state,
                            progress, save_training_state, seed_everything, setup_runtime, teardown, unwrap, wrap_ddp)
+from training.transcribe import add_arguments as add_transcribe_arguments
+from training.transcribe import load_audio, transcribe_file  # noqa: F401 - moved there, importable here
+from training.transcribe import run as run_transcribe
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex.pt"
 DEFAULT_DATA = "/work/data/musicnet-rendered"
@@ -46,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: int = 200
     augment: bool = True
+    pitch_shift: int = 12                        # max semitones of pitch-shift augmentation (0 = off)
     sampling: str = "duration"                   # or "per_recording": the paper's one window per recording per batch
     seed: int = 0
     device: str = "auto"
@@ -68,6 +72,7 @@ class CropSampler:
         self.ds, self.cfg = dataset, cfg
         self.hop, self.fpw, self.context = model.hop_length, model.frames_per_window, model.context
         self.win, self.pitches, self.sr = window_samples(model), list(model.pitches), model.sample_rate
+        self.heads = heads(model)
         self.rng = np.random.default_rng([cfg.seed, rank])
         self.set_dataset(dataset)
 
@@ -77,12 +82,30 @@ class CropSampler:
         self.p = lengths / lengths.sum()
 
     def window(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """One training crop and its targets. With ``pitch_shift`` a crop is resampled so that it sounds
+        k semitones (+- a fraction) higher or lower and its labels move by k: every one of the 88 keys
+        then gets positives, not only the range the scores happen to use."""
         from training.data.augment_audio import degrade
         n = len(self.ds.recordings[index])
         span = self.fpw * self.hop
         start = int(self.rng.integers(-span // 4, max(n - span * 3 // 4, 1)))  # frame 0 at sample `start`
-        x = self.ds.crop(index, start - self.context, self.win)
-        y = self.ds.labels_at(index, start + np.arange(self.fpw) * self.hop, self.pitches)
+        k, rate = 0, 1.0
+        if self.cfg.augment and self.cfg.pitch_shift and self.rng.random() < 0.5:
+            k = int(self.rng.integers(-self.cfg.pitch_shift, self.cfg.pitch_shift + 1))
+            from scipy.fft import next_fast_len
+            length = next_fast_len(int(round(self.win * 2 ** ((k + self.rng.uniform(-0.2, 0.2)) / 12))))
+            rate = length / self.win  # source samples per output sample: > 1 raises the pitch
+        if rate == 1.0:
+            x = self.ds.crop(index, start - self.context, self.win)
+        else:
+            from scipy.signal import resample
+            x = resample(self.ds.crop(index, start - int(round(self.context * rate)), length), self.win).astype(np.float32)
+        positions = start + np.round(np.arange(self.fpw) * self.hop * rate).astype(np.int64)
+        source_pitches = [p - k for p in self.pitches]
+        y = self.ds.labels_at(index, positions, source_pitches)
+        if "onset" in self.heads:  # targets (frames, pitches, heads) in the model's head order
+            y = np.stack([y if h == "frame" else self.ds.onsets_at(index, positions, source_pitches, self.hop * rate / 2)
+                          for h in self.heads], axis=-1)
         if self.cfg.augment:
             x = degrade(x, self.sr, self.rng)
         return x, y
@@ -134,7 +157,7 @@ def predict_split(model, dataset, max_seconds: float | None = None, max_files: i
     return out
 
 
-def score(predictions, threshold: float = 0.5, notes: bool = True) -> dict:
+def score(predictions, threshold: float = 0.5, notes: bool = True, decoding: dict | None = None) -> dict:
     from training.metrics import average_precision, frame_metrics, note_metrics
     probs = np.concatenate([tr.probabilities for tr, *_ in predictions])
     targets = np.concatenate([t for _, t, *_ in predictions])
@@ -146,7 +169,7 @@ def score(predictions, threshold: float = 0.5, notes: bool = True) -> dict:
          "frames": int(len(probs)), "recordings": len(predictions),
          "audio_hours": round(float(sum(len(tr.times) for tr, *_ in predictions) / predictions[0][0].frame_rate / 3600), 3)}
     if notes:
-        per = [note_metrics(iv, p, notes_from_probabilities(tr.probabilities, tr.times, tr.pitches))
+        per = [note_metrics(iv, p, decode_notes(tr, defaults=decoding))
                for tr, _, iv, p in predictions]
         # Pool note counts over recordings: mir_eval scores one recording at a time, so weight by reference notes.
         w = np.array([max(len(iv), 1) for _, _, iv, _ in predictions], dtype=np.float64)
@@ -240,7 +263,7 @@ def train(cfg: TrainConfig) -> Path:
         ddp.train()
         with autocast(rt.device):
             logits = ddp(x.to(rt.device, non_blocking=True))
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y.to(rt.device))
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y.to(rt.device).view_as(logits))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -256,6 +279,7 @@ def train(cfg: TrainConfig) -> Path:
         if rt.is_main and cfg.eval_every and step and step % cfg.eval_every == 0:
             m = unwrap(model).eval()
             last_metrics = score(predict_split(m, test_ds, 60.0, cfg.eval_files, show=False), notes=False)
+            m.train()
             last_metrics["note"] = f"in-training check: first 60 s of {cfg.eval_files} test recordings"
             log.log(step=step, event="eval", **last_metrics)
             print(f"step {step}: loss {running:.4f} AP {last_metrics['ap']:.4f} F1 {last_metrics['frame_f1']:.4f}",
@@ -281,7 +305,7 @@ def evaluate(checkpoint: str, data: str, split: str = "test", out: str | None = 
     ds = MusicNet(data, split, model.sample_rate, cache_dir, progress=True)
     t0 = time.time()
     preds = predict_split(model, ds, max_files=max_files)
-    metrics = score(preds, threshold)
+    metrics = score(preds, threshold, decoding=decoding_defaults(model))
     metrics.update({"split": split, "data": str(data), "threshold": threshold,
                     "command": " ".join(["python -m training.musicnet", *sys.argv[1:]]),
                     "eval_seconds": round(time.time() - t0, 1)})
@@ -302,45 +326,86 @@ def evaluate(checkpoint: str, data: str, split: str = "test", out: str | None = 
     return metrics
 
 
-def load_audio(path: str) -> tuple[np.ndarray, int]:
-    import soundfile as sf
-    try:
-        audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    except RuntimeError:  # formats libsndfile does not read (mp3 on old builds, m4a): librosa/audioread
-        import librosa
-        audio, sr = librosa.load(path, sr=None, mono=False)
-        audio = np.atleast_2d(audio).T
-    return audio, int(sr)
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
 
 
-def transcribe_file(audio_path: str, outs: list[str], checkpoint: str | None = None, threads: int = 2,
-                    onset_threshold: float = 0.5, frame_threshold: float = 0.3) -> dict:
+def fit_platt(probabilities: np.ndarray, targets: np.ndarray, max_cells: int = 8_000_000, seed: int = 0) -> tuple[float, float]:
+    """(scale, shift) minimising BCE of sigmoid(scale * logit(p) + shift) against 0/1 targets (Platt scaling)."""
+    logits, t = _logit(probabilities).ravel(), np.asarray(targets, dtype=np.float64).ravel()
+    if len(logits) > max_cells:
+        keep = np.random.default_rng(seed).choice(len(logits), max_cells, replace=False)
+        logits, t = logits[keep], t[keep]
+    x, y = torch.from_numpy(logits), torch.from_numpy(t)
+    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(ab[0] * x + ab[1], y)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return float(ab[0].detach()), float(ab[1].detach())
+
+
+def calibrate(checkpoint: str, data: str, split: str = "val", out: str | None = None, threads: int = 2,
+              onset_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
+              frame_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6),
+              length_grid: tuple[float, ...] = (0.03, 0.06, 0.1)) -> dict:
+    """Fit each head's logit calibration on a (realistic) validation split, then choose the note-decoding
+    thresholds with the best note F1 (mean of onset-only and with-offset F1) there; both go into the
+    checkpoint (``out``, default: in place), so the service's default thresholds are the calibrated ones."""
+    from training.data.musicnet import MusicNet
+    from training.metrics import note_metrics
     torch.set_num_threads(threads)
-    model, meta = load_checkpoint(checkpoint or DEFAULT_CHECKPOINT)
-    audio, sr = load_audio(audio_path)
-    t0 = time.time()
-    tr = transcribe(model, audio, sr)
-    notes = notes_from_probabilities(tr.probabilities, tr.times, tr.pitches, onset_threshold, frame_threshold)
-    wall = time.time() - t0
-    for out in outs:
-        p = Path(out)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if p.suffix in (".mid", ".midi"):
-            p.write_bytes(notes_to_midi(notes))
-        elif p.suffix == ".npz":
-            np.savez_compressed(p, times=tr.times, pitches=tr.pitches, probabilities=tr.probabilities)
-        elif p.suffix == ".csv":
-            with open(p, "w") as f:
-                f.write("onset,offset,pitch,confidence\n")
-                for n in notes:
-                    f.write(f"{n['onset']},{n['offset']},{n['pitch']},{n['confidence']}\n")
+    model, meta = load_checkpoint(checkpoint)
+    ds = MusicNet(data, split, model.sample_rate, progress=True)
+    preds = predict_split(model, ds)
+    model_heads = heads(model)
+    fits = []
+    for h in model_heads:
+        if h == "frame":
+            probs = np.concatenate([tr.probabilities for tr, *_ in preds])
+            targets = np.concatenate([t for _, t, *_ in preds])
         else:
-            raise SystemExit(f"unknown output type {p.suffix!r}: use .mid, .npz or .csv")
-    seconds = len(audio) / sr
-    summary = {"audio": audio_path, "seconds": round(seconds, 2), "notes": len(notes), "frames": len(tr.times),
-               "wall_seconds": round(wall, 3), "real_time_factor": round(seconds / max(wall, 1e-9), 1), "outputs": outs}
-    print(json.dumps(summary))
-    return summary
+            probs = np.concatenate([getattr(tr, h + "s") for tr, *_ in preds])
+            targets = np.concatenate([ds.onsets_at(i, np.round(tr.times * ds.sample_rate).astype(np.int64), model.pitches,
+                                                   model.hop_length / 2) for i, (tr, *_) in enumerate(preds)])
+        fits.append(fit_platt(probs, targets))
+    old = model.calibration.detach().double().numpy()
+    new = np.array([[a * o[0], a * o[1] + b] for (a, b), o in zip(fits, old)])
+    with torch.no_grad():
+        model.calibration.copy_(torch.from_numpy(new))
+    for tr, *_ in preds:  # apply the fitted maps to the stored probabilities instead of predicting again
+        for h, (a, b) in zip(model_heads, fits):
+            attr = "probabilities" if h == "frame" else h + "s"
+            setattr(tr, attr, (1 / (1 + np.exp(-(a * _logit(getattr(tr, attr)) + b)))).astype(np.float32))
+    weights = np.array([max(len(iv), 1) for _, _, iv, _ in preds], dtype=np.float64)
+    grid = []
+    for on in onset_grid:
+        for fr in frame_grid:
+            for ml in length_grid:
+                per = [note_metrics(iv, p, decode_notes(tr, on, fr, ml)) for tr, _, iv, p in preds]
+                f_on = float(np.average([d["note_f1"] for d in per], weights=weights))
+                f_off = float(np.average([d["note_with_offset_f1"] for d in per], weights=weights))
+                grid.append({"onset_threshold": on, "frame_threshold": fr, "min_note_length": ml,
+                             "note_f1": round(f_on, 4), "note_with_offset_f1": round(f_off, 4)})
+    best = max(grid, key=lambda g: g["note_f1"] + g["note_with_offset_f1"])
+    decoding = {k: best[k] for k in ("onset_threshold", "frame_threshold", "min_note_length")}
+    blob = read_checkpoint(checkpoint)
+    config = dict(blob["config"], decoding=decoding)
+    model.decoding = decoding
+    new_meta = dict(blob["meta"], decoding=decoding, calibration={
+        "data": str(data), "split": split, "recordings": len(ds), "hours": round(ds.hours, 3),
+        "logit_scale_shift": {h: [round(a, 4), round(b, 4)] for h, (a, b) in zip(model_heads, fits)},
+        "best": best, "command": " ".join(["python -m training.musicnet", *sys.argv[1:]])})
+    target = out or checkpoint
+    save_checkpoint(target, model, blob["arch"], config, new_meta)
+    print(json.dumps({"fits": new_meta["calibration"]["logit_scale_shift"], "best": best}, indent=1))
+    print(f"calibrated checkpoint written to {target}", file=sys.stderr)
+    return new_meta["calibration"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -351,10 +416,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--data", default=d.data)
     t.add_argument("--out", default=d.out)
     t.add_argument("--arch", default=d.arch,
-                   choices=["complex_frame_transcriber", "musicnet_paper_complex", "musicnet_paper_real"])
+                   choices=["complex_note_transcriber", "complex_frame_transcriber", "musicnet_paper_complex",
+                            "musicnet_paper_real"])
     t.add_argument("--model-config", default="{}", help="JSON constructor kwargs, e.g. '{\"channels\": 16}'")
     for name in ("steps", "batch_size", "warmup", "seed", "threads", "log_every", "eval_every", "eval_files",
-                 "rescan_every", "workers"):
+                 "rescan_every", "workers", "pitch_shift"):
         t.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("minutes", "lr", "weight_decay"):
         t.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
@@ -363,6 +429,12 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--device", default=d.device)
     t.add_argument("--cache-dir", default=None)
+    c = sub.add_parser("calibrate", help="fit logit calibration + best-F1 note thresholds on a validation split")
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--data", required=True)
+    c.add_argument("--split", default="val")
+    c.add_argument("--out", default=None, help="write the calibrated checkpoint here (default: in place)")
+    c.add_argument("--threads", type=int, default=2)
     e = sub.add_parser("evaluate", help="AP, frame and note metrics + PR curve on a MusicNet-layout split")
     e.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     e.add_argument("--data", default=DEFAULT_DATA)
@@ -373,13 +445,8 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--cache-dir", default=None)
     e.add_argument("--write-meta", action="store_true", help="store the metrics in the checkpoint's meta")
-    r = sub.add_parser("transcribe", help="audio file -> .mid / .npz / .csv")
-    r.add_argument("audio")
-    r.add_argument("--checkpoint", default=None)
-    r.add_argument("--out", action="append", required=True, help="repeatable: OUT.mid, OUT.npz, OUT.csv")
-    r.add_argument("--threads", type=int, default=2)
-    r.add_argument("--onset-threshold", type=float, default=0.5)
-    r.add_argument("--frame-threshold", type=float, default=0.3)
+    r = sub.add_parser("transcribe", help="audio files and folders -> .mid / .npz / .csv (training/transcribe.py)")
+    add_transcribe_arguments(r)
     a = ap.parse_args(argv)
     if a.cmd == "train":
         cfg = TrainConfig(data=a.data, out=a.out, arch=a.arch, model=json.loads(a.model_config), steps=a.steps,
@@ -387,12 +454,16 @@ def main(argv: list[str] | None = None) -> None:
                           warmup=a.warmup, augment=not a.no_augment, sampling=a.sampling, seed=a.seed,
                           device=a.device, threads=a.threads, log_every=a.log_every, eval_every=a.eval_every,
                           eval_files=a.eval_files, resume=not a.no_resume, cache_dir=a.cache_dir,
-                          rescan_every=a.rescan_every, workers=a.workers)
+                          rescan_every=a.rescan_every, workers=a.workers, pitch_shift=a.pitch_shift)
         print(train(cfg))
+    elif a.cmd == "calibrate":
+        calibrate(a.checkpoint, a.data, a.split, a.out, a.threads)
     elif a.cmd == "evaluate":
         evaluate(a.checkpoint, a.data, a.split, a.out, a.threshold, a.write_meta, a.max_files, a.threads, a.cache_dir)
     else:
-        transcribe_file(a.audio, a.out, a.checkpoint, a.threads, a.onset_threshold, a.frame_threshold)
+        code = run_transcribe(a, r)
+        if code:
+            raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -740,6 +740,14 @@
       box.replaceChildren(el("p", { class: "hint", text: "No models reported." }));
       return;
     }
+    // Empty note-detection fields mean "the model's calibrated default": show those values as placeholders.
+    const decoding = entries.map(([, m]) => m && m.decoding).find((d) => d && typeof d === "object");
+    if (decoding) {
+      for (const [id, key] of [["onset-threshold", "onset_threshold"], ["frame-threshold", "frame_threshold"],
+                               ["min-note-length", "min_note_length"]]) {
+        if (typeof decoding[key] === "number") $(id).placeholder = `${decoding[key]} (model default)`;
+      }
+    }
     box.replaceChildren(...entries.map(([key, m]) => {
       const title = (m && (m.name || m.model)) || key;
       const rest = Object.fromEntries(Object.entries(m || {}).filter(([k]) => k !== "name"));

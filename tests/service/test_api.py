@@ -1,7 +1,10 @@
 """Every route and every documented error, on the real app through the ASGI test client."""
 from __future__ import annotations
 
+import csv
 import io
+import json
+import re
 import struct
 import zlib
 
@@ -15,6 +18,7 @@ from service.app import create_app
 from service.settings import Settings
 
 from .conftest import audio_bytes, image_bytes, metric, settings_for, tone
+from .tiny_models import make_onset_checkpoint
 
 
 def test_health_ready_models(client, checkpoints):
@@ -28,6 +32,8 @@ def test_health_ready_models(client, checkpoints):
     assert len(cls["sha256"]) == 64 and cls["metrics"] == {"val_accuracy": 1.0}
     assert tr["pitch_range"] == [60, 71] and tr["sample_rate"] == 8000 and tr["frame_rate"] == 100.0
     assert tr["metrics"] == {"frame_f1": 0.5}
+    assert tr["heads"] == ["frame"]  # frame-only; no calibration stored: the generic decoding defaults
+    assert tr["decoding"] == {"onset_threshold": 0.5, "frame_threshold": 0.3, "min_note_length": 0.05}
 
 
 def test_index_and_docs(client):
@@ -41,6 +47,9 @@ def test_index_and_docs(client):
     assert "TranscribeResponse" in schema["components"]["schemas"]
     params = {p["name"] for p in paths["/transcribe"]["post"]["parameters"]}
     assert {"onset_threshold", "frame_threshold", "min_note_length", "format"} <= params
+    fmt = next(p for p in paths["/transcribe"]["post"]["parameters"] if p["name"] == "format")
+    assert fmt["schema"]["enum"] == ["json", "npz", "midi", "csv"]
+    assert "text/csv" in paths["/transcribe"]["post"]["responses"]["200"]["content"]
     assert client.get("/docs").status_code == 200
 
 
@@ -120,13 +129,21 @@ def test_transcribe_formats(client, fmt, subtype):
     notes = body["notes"]
     assert len(notes) == 12 and {n_["pitch"] for n_ in notes} == set(range(60, 72))
     assert all(abs(n_["onset"] - 0.25) < 0.05 and abs(n_["offset"] - 0.75) < 0.05 for n_ in notes)
+    assert "onsets" not in body  # frame-only model
+    assert body["decoding"] == {"onset_threshold": 0.5, "frame_threshold": 0.3, "min_note_length": 0.05}
 
 
 def test_transcribe_thresholds_and_lengths(client):
     data = audio_bytes()
     assert client.post("/transcribe?min_note_length=1", files={"file": ("x.wav", data)}).json()["notes"] == []
+    # explicit values are used and reported; the rest keep the defaults
+    r = client.post("/transcribe?onset_threshold=0.9&min_note_length=0.1", files={"file": ("x.wav", data)})
+    assert r.json()["decoding"] == {"onset_threshold": 0.9, "frame_threshold": 0.3, "min_note_length": 0.1}
+    # a frame-only model's note is a run above frame_threshold that reaches onset_threshold: frame <= onset
     r = client.post("/transcribe?onset_threshold=0.2&frame_threshold=0.5", files={"file": ("x.wav", data)})
-    assert r.status_code == 422
+    assert r.status_code == 422 and "frame-only" in r.json()["detail"]
+    r = client.post("/transcribe?frame_threshold=0.6", files={"file": ("x.wav", data)})  # over the default 0.5
+    assert r.status_code == 422 and "onset_threshold (0.5)" in r.json()["detail"]
     r = client.post("/transcribe?onset_threshold=2", files={"file": ("x.wav", data)})
     assert r.status_code == 422
     r = client.post("/transcribe?format=xml", files={"file": ("x.wav", data)})
@@ -143,9 +160,100 @@ def test_transcribe_npz(client):
     js = client.post("/transcribe", files={"file": ("song.wav", audio_bytes())}).json()
     assert z["probabilities"].shape == (len(js["times"]), 12)
     np.testing.assert_allclose(z["times"], js["times"])
-    np.testing.assert_allclose(z["probabilities"], js["probabilities"], atol=1e-4)
+    assert z["probabilities"].dtype == np.float32
+    np.testing.assert_allclose(z["probabilities"], js["probabilities"], atol=5e-4)  # JSON: 3 decimals
     assert z["pitches"].tolist() == js["pitches"] and int(z["sample_rate"]) == 8000
     assert len(z["notes"]) == len(js["notes"]) and z["notes"]["pitch"].tolist() == [n["pitch"] for n in js["notes"]]
+    assert "onsets" not in z.files and float(z["onset_threshold"]) == 0.5 and float(z["frame_threshold"]) == 0.3
+
+
+def test_transcribe_json_numbers_are_short_and_exact_enough(client):
+    """float32 probabilities print as 0.0003000000142492354 unless rounded in float64: keep the body small."""
+    audio = tone(seconds=10, start=1, stop=9) * np.linspace(0.01, 1, 10 * 22050, dtype=np.float32)  # varied values
+    data = audio_bytes(audio)
+    r = client.post("/transcribe", files={"file": ("x.wav", data)})
+    js = r.json()
+    z = np.load(io.BytesIO(client.post("/transcribe?format=npz", files={"file": ("x.wav", data)}).content))
+    np.testing.assert_allclose(js["probabilities"], z["probabilities"], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(js["times"], z["times"], atol=1e-6, rtol=0)
+    assert len(set(np.ravel(js["probabilities"]).tolist())) > 20
+    numbers = re.findall(rb"-?\d+\.?\d*(?:e-?\d+)?", r.content)
+    assert max(len(n) for n in numbers) <= 8, max(numbers, key=len)  # "0.001", "12.3456", never 17 digits
+    # 1001 frames x 12 pitches: at most "0.123," (6 bytes) per probability
+    assert len(r.content) < 1001 * 12 * 6 + 20_000, len(r.content)
+
+
+def test_transcribe_csv(client):
+    r = client.post("/transcribe?format=csv", files={"file": ("my song.wav", audio_bytes())})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert r.headers["content-disposition"] == 'attachment; filename="my_song.csv"'
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    js = client.post("/transcribe", files={"file": ("x.wav", audio_bytes())}).json()
+    assert r.text.splitlines()[0] == "onset,offset,pitch,confidence"
+    assert [{k: float(v) for k, v in row.items()} for row in rows] == js["notes"]
+    r = client.post("/transcribe?format=csv&min_note_length=5", files={"file": ("x.wav", audio_bytes())})
+    assert r.text == "onset,offset,pitch,confidence\n"  # no notes: the header alone
+
+
+def test_huge_float_samples_never_give_nan(client):
+    """A float WAV with finite but absurd samples (1e20) is rescaled (peak > 1e3 -> 1.0), not turned into NaN."""
+    data = audio_bytes(tone() * np.float32(2e20), subtype="FLOAT")
+    reference = client.post("/transcribe", files={"file": ("x.wav", audio_bytes(tone() * 2, subtype="FLOAT"))}).json()
+    r = client.post("/transcribe", files={"file": ("x.wav", data)})
+    assert r.status_code == 200
+    body = json.loads(r.content, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert body["notes"] == reference["notes"] and len(body["notes"]) == 12
+    z = np.load(io.BytesIO(client.post("/transcribe?format=npz", files={"file": ("x.wav", data)}).content))
+    assert np.isfinite(z["probabilities"]).all()
+    mid = mido.MidiFile(file=io.BytesIO(client.post("/transcribe?format=midi", files={"file": ("x.wav", data)}).content))
+    assert sum(m.type == "note_on" and m.velocity > 0 for m in mid) == 12
+    stereo = np.stack([tone() * np.float32(3e38)] * 2, 1)  # the float32 mix-down must not overflow either
+    r = client.post("/transcribe", files={"file": ("x.wav", audio_bytes(stereo, subtype="FLOAT"))})
+    assert r.status_code == 200 and r.json()["notes"] == reference["notes"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "npz", "midi", "csv"])
+def test_non_finite_model_output_is_an_error_not_a_200(client, monkeypatch, fmt):
+    runner = client.app.state.service.transcriber
+    stitch = runner.stitch
+
+    def broken(*args, **kwargs):
+        t = stitch(*args, **kwargs)
+        t.probabilities[3, 2] = np.nan
+        return t
+
+    monkeypatch.setattr(runner, "stitch", broken)
+    r = client.post(f"/transcribe?format={fmt}", files={"file": ("x.wav", audio_bytes())})
+    assert r.status_code == 500 and "non-finite" in r.json()["detail"], r.text
+
+
+def test_onset_model_calibrated_defaults(checkpoints, tmp_path):
+    """A note-level model: calibrated thresholds by default, reported by /models and in the response; the
+    onset head in JSON and npz; frame_threshold > onset_threshold is allowed (they apply to different heads)."""
+    onset_ckpt = make_onset_checkpoint(tmp_path, {"onset_threshold": 0.6, "frame_threshold": 0.7,
+                                                  "min_note_length": 0.6})
+    with TestClient(create_app(settings_for((checkpoints[0], onset_ckpt)))) as c:
+        info = {m["task"]: m for m in c.get("/models").json()["models"]}["transcription"]
+        assert info["heads"] == ["frame", "onset"]
+        assert info["decoding"] == {"onset_threshold": 0.6, "frame_threshold": 0.7, "min_note_length": 0.6}
+        data = audio_bytes()
+        body = c.post("/transcribe", files={"file": ("x.wav", data)}).json()
+        assert body["decoding"] == info["decoding"]
+        assert body["notes"] == []  # the 0.5 s tone is shorter than the calibrated min_note_length
+        assert len(body["onsets"]) == len(body["times"]) and len(body["onsets"][0]) == 12
+        onset_frame = int(np.argmax(np.array(body["onsets"])[:, 0]))
+        assert abs(body["times"][onset_frame] - 0.25) <= 0.01
+        body = c.post("/transcribe?min_note_length=0.05", files={"file": ("x.wav", data)}).json()
+        assert len(body["notes"]) == 12 and all(abs(n["onset"] - 0.25) < 0.02 for n in body["notes"])
+        assert body["decoding"]["frame_threshold"] == 0.7
+        r = c.post("/transcribe?min_note_length=0.05&onset_threshold=0.2&frame_threshold=0.9",
+                   files={"file": ("x.wav", data)})
+        assert r.status_code == 200 and len(r.json()["notes"]) == 12
+        z = np.load(io.BytesIO(c.post("/transcribe?format=npz", files={"file": ("x.wav", data)}).content))
+        assert z["onsets"].shape == z["probabilities"].shape and z["onsets"].dtype == np.float32
+        np.testing.assert_allclose(z["onsets"], body["onsets"], atol=5e-4)
+        r = c.post("/transcribe?format=csv&min_note_length=0.05", files={"file": ("x.wav", data)})
+        assert len(r.text.splitlines()) == 13
 
 
 def test_transcribe_midi(client):
@@ -159,7 +267,7 @@ def test_transcribe_midi(client):
 
 @pytest.mark.parametrize("data,status,words", [
     (b"", 400, "empty"),
-    (b"RIFF....WAVEfmt not really audio", 415, "not an audio file"),
+    (b"RIFF....WAVEfmt not really audio", 400, "damaged"),  # a WAV signature: damaged, not unsupported
     (image_bytes("PNG"), 415, "not an audio file"),
     (audio_bytes(np.zeros(0, np.float32)), 400, "no samples"),
     (audio_bytes(np.full(800, np.nan, np.float32), sr=8000, subtype="FLOAT"), 400, "NaN"),

@@ -1,6 +1,10 @@
 """The service on the real architectures of models/ (small configurations, random weights)."""
 from __future__ import annotations
 
+import io
+import json
+
+import numpy as np
 import pytest
 
 from models.checkpoint import save_checkpoint
@@ -64,9 +68,6 @@ def test_default_settings_serve_the_shipped_checkpoints():
 
 def test_flip_tta_setting_reaches_the_classifier(real_checkpoints):
     """DCN_CLASSIFY_TTA=false serves the single forward pass; the default averages with the mirror image."""
-    import io
-
-    import numpy as np
     from PIL import Image
 
     from service.app import create_app
@@ -81,3 +82,60 @@ def test_flip_tta_setting_reaches_the_classifier(real_checkpoints):
             r = c.post("/classify", files={"file": ("n.png", buf.getvalue())})
             probs[tta] = r.json()["results"][0]["probabilities"]
     assert probs[True] != probs[False]
+
+
+def music(seconds: float, sr: int = 22050, seed: int = 0) -> np.ndarray:
+    """Piano-like chords: harmonic tones with decaying envelopes, three new notes every 0.5 s, faint noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = np.zeros_like(t)
+    for start in np.arange(0, seconds, 0.5):
+        for p in rng.choice(np.arange(48, 80), size=3, replace=False):
+            f0 = 440 * 2 ** ((p - 69) / 12)
+            tt = t[t >= start] - start
+            x[t >= start] += 0.1 * np.exp(-3 * tt) * (tt < 1.0) * sum(np.sin(2 * np.pi * k * f0 * tt) / k
+                                                                       for k in range(1, 6))
+    return (x + 0.001 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from service.app import create_app
+    from service.settings import Settings
+    s = Settings(warmup=False)
+    missing = [p.name for p in (s.classifier_checkpoint, s.transcriber_checkpoint) if not p.is_file()]
+    if missing:
+        pytest.skip(f"shipped checkpoints not there yet: {missing}")
+    with TestClient(create_app(s)) as c:
+        yield c
+
+
+def test_shipped_transcriber_json_size(shipped):
+    """10 s of music through the shipped checkpoint: measured 205 KB of JSON (1.23 MB per minute; 485 KB
+    before the probabilities were rounded in float64), and still within 1e-3 of the float32 npz."""
+    data = audio_bytes(music(10.0), sr=22050)
+    r = shipped.post("/transcribe", files={"file": ("m.wav", data)})
+    assert r.status_code == 200, r.text
+    body = json.loads(r.content)
+    heads = 1 + ("onsets" in body)
+    assert len(r.content) < 230_000 * heads, len(r.content)
+    z = np.load(io.BytesIO(shipped.post("/transcribe?format=npz", files={"file": ("m.wav", data)}).content))
+    np.testing.assert_allclose(body["probabilities"], z["probabilities"], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(body["times"], z["times"], atol=1e-6, rtol=0)
+    assert len(body["notes"]) > 10
+
+
+def test_shipped_transcriber_huge_float_samples(shipped):
+    """Samples of 1e25 (finite float32) made every probability NaN: the JSON held bare NaN tokens, the npz NaN,
+    the MIDI nothing. prepare_audio now rescales a peak over 1e3 to 1.0: same result as the normalised audio."""
+    x = music(2.0)
+    x /= np.abs(x).max()
+    ref = shipped.post("/transcribe", files={"file": ("m.wav", audio_bytes(x, subtype="FLOAT"))}).json()
+    data = audio_bytes(x * np.float32(1e25), subtype="FLOAT")
+    r = shipped.post("/transcribe", files={"file": ("m.wav", data)})
+    assert r.status_code == 200, r.text
+    body = json.loads(r.content, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    np.testing.assert_allclose(body["probabilities"], ref["probabilities"], atol=2e-3)
+    assert body["notes"] and len(body["notes"]) == len(ref["notes"])
+    z = np.load(io.BytesIO(shipped.post("/transcribe?format=npz", files={"file": ("m.wav", data)}).content))
+    assert np.isfinite(z["probabilities"]).all()

@@ -53,6 +53,35 @@ class TinyTranscriber(nn.Module):
         return energy * self.gain + self.bias
 
 
+@register_architecture("test_tiny_onset_transcriber")
+class TinyOnsetTranscriber(TinyTranscriber):
+    """A note-level model: the frame head of TinyTranscriber plus an onset head that fires on the frame whose
+    second half is louder than its first (where a sound starts), and calibrated ``decoding`` defaults."""
+
+    heads = ("frame", "onset")
+
+    def __init__(self, decoding: dict | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.decoding = dict(decoding or {})
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        frame = super().forward(windows)
+        frames = windows.unfold(1, self.hop_length + 2 * self.context, self.hop_length)[:, :self.frames_per_window]
+        half = frames.shape[-1] // 2
+        rise = frames[..., half:].abs().mean(-1, keepdim=True) - frames[..., :half].abs().mean(-1, keepdim=True)
+        onset = (30 * rise - 3).expand_as(frame)
+        return torch.stack([frame, onset], dim=-1)  # (B, F, P, heads)
+
+
+def make_onset_checkpoint(folder: Path, decoding: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"decoding": decoding}
+    m = TinyOnsetTranscriber(**cfg)
+    return save_checkpoint(folder / "tiny_onsets.pt", m, "test_tiny_onset_transcriber", cfg,
+                           {"task": "transcription", "sample_rate": m.sample_rate, "hop_length": m.hop_length,
+                            "pitches": m.pitches, "metrics": {"note_f1": 0.5}})
+
+
 def make_checkpoints(folder: Path, classifier_delay_s: float = 0.0, transcriber_delay_s: float = 0.0,
                      ) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)

@@ -120,13 +120,110 @@ def degrade_split(src: str, dst: str, split: str = "test", seed: int = 1234, snr
     return len(wavs)
 
 
+def room_rir(sr: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A physically simulated room (image-source method, pyroomacoustics): a shoebox of random size and
+    RT60, source and microphone at random places in it. A different room model from synthetic_rir
+    (which training uses), so the realistic split also tests rooms the model has never heard."""
+    import pyroomacoustics as pra
+    dims = np.array([rng.uniform(4, 20), rng.uniform(3, 15), rng.uniform(2.5, 8)])
+    rt60 = float(rng.uniform(0.25, 1.3))
+    try:
+        absorption, order = pra.inverse_sabine(rt60, dims)
+    except ValueError:  # RT60 not reachable in this room: the driest it allows
+        absorption, order = 0.99, 3
+    room = pra.ShoeBox(dims, fs=sr, materials=pra.Material(absorption), max_order=min(order, 40))
+    margin = 0.5
+    src = [rng.uniform(margin, d - margin) for d in dims[:2]] + [rng.uniform(0.8, min(2.0, dims[2] - margin))]
+    mic = [rng.uniform(margin, d - margin) for d in dims[:2]] + [rng.uniform(1.0, min(3.0, dims[2] - margin))]
+    room.add_source(src)
+    room.add_microphone(np.array(mic)[:, None])
+    room.compute_rir()
+    h = np.asarray(room.rir[0][0], dtype=np.float64)[: int(1.5 * sr)]
+    h /= np.abs(h).max() + 1e-12
+    return h.astype(np.float32), {"room_m": [round(float(d), 1) for d in dims], "rt60": round(rt60, 2),
+                                  "distance_m": round(float(np.linalg.norm(np.subtract(src, mic))), 2)}
+
+
+def realistic(x: np.ndarray, sr: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """How a recording made with one microphone in a real room differs from a clean render: the room
+    (p=0.9), the microphone's and room's colouration (+-6 dB), background noise (25-45 dB SNR) and a
+    recording level anywhere from quiet to hot."""
+    info: dict = {}
+    if rng.random() < 0.9:
+        h, info = room_rir(sr, rng)
+        x = signal.fftconvolve(x, h)[: len(x)].astype(np.float32)
+    if rng.random() < 0.8:
+        x = random_eq(x, sr, rng, max_db=6.0)
+        info["eq"] = True
+    if rng.random() < 0.7:
+        info["snr_db"] = round(float(rng.uniform(25, 45)), 1)
+        x = add_noise(x, rng, info["snr_db"])
+    info["peak_db"] = round(float(rng.uniform(-30, -1)), 1)
+    return normalise_peak(x, info["peak_db"]), info
+
+
+def make_eval_splits(src: str, dst: str, split: str = "test", val_fraction: float = 0.4, seed: int = 1234) -> dict:
+    """From one rendered split, the evaluation sets: ``dst/clean`` and ``dst/realistic`` (see ``realistic``),
+    each with a ``val`` split (for calibrating thresholds) and a ``test`` split (for reporting), divided
+    by work so that no piece is in both. Every set keeps the ``metadata.jsonl`` records (group: solo or
+    ensemble, instrument, ...) with the room of each realistic recording added."""
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    import soundfile as sf
+    src_p, dst_p = Path(src), Path(dst)
+    meta = {}
+    if (src_p / "metadata.jsonl").exists():
+        for line in open(src_p / "metadata.jsonl"):
+            r = json.loads(line)
+            meta[r["id"]] = r
+    wavs = sorted((src_p / f"{split}_data").glob("*.wav"))
+    counts = {"val": 0, "test": 0}
+    records = {"clean": [], "realistic": []}
+    for i, f in enumerate(wavs):
+        work = meta.get(f.stem, {}).get("work", f.stem)
+        h = int(hashlib.sha256(f"{seed}:{work}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        part = "val" if h < val_fraction else "test"
+        counts[part] += 1
+        for kind in ("clean", "realistic"):
+            (dst_p / kind / f"{part}_data").mkdir(parents=True, exist_ok=True)
+            (dst_p / kind / f"{part}_labels").mkdir(parents=True, exist_ok=True)
+            label = dst_p / kind / f"{part}_labels" / f"{f.stem}.csv"
+            if not label.exists():
+                os.symlink((src_p / f"{split}_labels" / f"{f.stem}.csv").resolve(), label)
+        clean = dst_p / "clean" / f"{part}_data" / f.name
+        if not clean.exists():
+            os.symlink(f.resolve(), clean)
+        rng = np.random.default_rng([seed, i])
+        x, sr = sf.read(f, dtype="float32")
+        y, info = realistic(x, sr, rng)
+        sf.write(dst_p / "realistic" / f"{part}_data" / f.name, y, sr, subtype="PCM_16")
+        base = {**meta.get(f.stem, {"id": f.stem}), "split": part}
+        records["clean"].append(base)
+        records["realistic"].append({**base, "realistic": info})
+    for kind, recs in records.items():
+        with open(dst_p / kind / "metadata.jsonl", "w") as out:
+            for r in recs:
+                out.write(json.dumps(r) + "\n")
+    return counts
+
+
 if __name__ == "__main__":
     import argparse
-    ap = argparse.ArgumentParser(description="python -m training.data.augment_audio SRC DST: a degraded copy of a split")
+    import json
+    ap = argparse.ArgumentParser(description="python -m training.data.augment_audio SRC DST: a degraded copy of a "
+                                             "split (--hard), or clean + realistic val/test evaluation sets (--eval-sets)")
     ap.add_argument("src")
     ap.add_argument("dst")
     ap.add_argument("--split", default="test")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--snr-db", type=float, default=20.0)
+    ap.add_argument("--eval-sets", action="store_true", help="write DST/clean and DST/realistic, each val + test")
+    ap.add_argument("--val-fraction", type=float, default=0.4)
     a = ap.parse_args()
-    print(degrade_split(a.src, a.dst, a.split, a.seed, a.snr_db), "recordings written to", a.dst)
+    if a.eval_sets:
+        print(json.dumps(make_eval_splits(a.src, a.dst, a.split, a.val_fraction, a.seed)), "recordings per split in", a.dst)
+    else:
+        print(degrade_split(a.src, a.dst, a.split, a.seed, a.snr_db), "recordings written to", a.dst)

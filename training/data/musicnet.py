@@ -73,6 +73,25 @@ class Labels:
                 out[order[a:b], column[p]] = 1.0
         return out
 
+    def onsets(self, positions: np.ndarray, pitches: list[int] | np.ndarray, half_width: int) -> np.ndarray:
+        """(len(positions), len(pitches)) float32 0/1: a note of the pitch starts within ``half_width``
+        samples of the position (frame centres, ascending), marked at the nearest position only."""
+        positions = np.asarray(positions, dtype=np.int64)
+        pitches = np.asarray(pitches, dtype=np.int64)
+        out = np.zeros((len(positions), len(pitches)), dtype=np.float32)
+        if len(positions) == 0 or len(self.start) == 0:
+            return out
+        i0 = np.searchsorted(self.start, positions[0] - half_width, side="left")
+        i1 = np.searchsorted(self.start, positions[-1] + half_width, side="right")
+        starts, notes = self.start[i0:i1], self.pitch[i0:i1]
+        column = np.full(max(int(pitches.max()), int(notes.max(initial=0))) + 1, -1)
+        column[pitches] = np.arange(len(pitches))
+        k = np.clip(np.searchsorted(positions, starts), 1, len(positions) - 1)
+        k = np.where(np.abs(positions[k - 1] - starts) <= np.abs(positions[k] - starts), k - 1, k)
+        ok = (np.abs(positions[k] - starts) <= half_width) & (notes >= 0) & (column[np.maximum(notes, 0)] >= 0)
+        out[k[ok], column[notes[ok]]] = 1.0
+        return out
+
     def notes(self, rate: int = MUSICNET_RATE) -> tuple[np.ndarray, np.ndarray]:
         """Unique (intervals (N, 2) seconds, MIDI pitches (N,)): unisons of two instruments count once."""
         arr = np.unique(np.stack([self.start, self.end, self.pitch], 1), axis=0) if len(self.start) else \
@@ -159,6 +178,11 @@ class MusicNet:
 
     def labels_at(self, index: int, positions: np.ndarray, pitches: list[int]) -> np.ndarray:
         return self.recordings[index].labels.active(self.to_label_samples(positions), pitches)
+
+    def onsets_at(self, index: int, positions: np.ndarray, pitches: list[int], half_width: float) -> np.ndarray:
+        """Onset roll at model-rate frame centres; ``half_width`` in model-rate samples (half a hop)."""
+        hw = int(round(half_width * self.label_rate / self.sample_rate))
+        return self.recordings[index].labels.onsets(self.to_label_samples(positions), pitches, hw)
 
     def crop(self, index: int, start: int, length: int) -> np.ndarray:
         """float32 audio [start, start + length) at the model rate; zeros outside the recording."""

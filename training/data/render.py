@@ -37,7 +37,8 @@ MAX_SCORE_BYTES = 250_000  # opus133 (the Grosse Fuge) and similar single-file g
 CSV_HEADER = "start_time,end_time,instrument,note,start_beat,end_beat,note_value"
 RESERVED_BWV = ("255", "256", "273", "274", "275", "296", "297", "326", "327", "364", "385", "48.3", "62.6", "114.7")
 SOUNDFONT_CANDIDATES = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/TimGM6mb.sf2",
-                        "/usr/share/sounds/sf3/MuseScore_General.sf3")
+                        "/usr/share/sounds/sf3/MuseScore_General_Lite.sf3",
+                        "/usr/share/sounds/sf2/sf_GMbank.sf2")
 # Composers of the music21 corpus with real multi-part art music (the folk-song collections are
 # monophonic tunes, left out). Pieces per composer are capped so Palestrina does not dominate.
 COMPOSERS = {"bach": 450, "beethoven": 30, "mozart": 30, "haydn": 30, "monteverdi": 100, "palestrina": 220,
@@ -58,7 +59,10 @@ FAMILIES = {
     "bassoon": [70],
     "horn": [60, 60, 61],
     "organ": [19, 20, 16],
+    "saxophone": [64, 65, 66, 66, 67],
+    "trumpet": [56, 56, 59],
 }
+KEYBOARDS = ("piano", "harpsichord", "organ")
 # MusicNet's ensemble types, as the families that play the parts from the highest to the lowest.
 # "*" repeats the previous family for any further parts; "piano:" parts share one piano.
 ENSEMBLES = {
@@ -74,6 +78,11 @@ ENSEMBLES = {
     "wind_and_strings": (0.07, ["flute", "violin", "clarinet", "viola", "bassoon", "cello*"]),
     "organ": (0.03, ["organ*"]),
     "string_orchestra": (0.03, ["violin", "violin", "viola", "cello", "bass*"]),
+    # Chorales as the real recordings users bring (Bach10-like): four wind/string players, one per part.
+    "violin_clarinet_sax_bassoon": (0.10, ["violin", "clarinet", "saxophone", "bassoon", "bassoon*"]),
+    "mixed_quartet": (0.08, ["flute|violin|oboe|trumpet", "clarinet|viola|saxophone|violin",
+                             "saxophone|horn|viola|clarinet", "bassoon|cello|bass|horn", "cello*"]),
+    "sax_quartet": (0.03, ["saxophone", "saxophone", "saxophone", "saxophone", "saxophone*"]),
 }
 
 
@@ -83,6 +92,10 @@ class RenderConfig:
     hours: float = 10.0            # training audio to render (test split comes on top)
     test_fraction: float = 0.10    # of works, by hash of (seed, work)
     variants: int = 2              # renders per training piece (different ensemble, tempo, soundfont, ...)
+    solo_fraction: float = 0.5     # train renders that also write one part alone (a solo recording); test: every part
+    only_split: str | None = None  # "test": render only the test works (a bigger evaluation set), stop at test_hours
+    test_hours: float = 0.0        # with only_split="test": stop after this much test audio
+    skip: int = 0                  # start at this piece of the shuffled list (continue an earlier render)
     seed: int = 0
     workers: int = 1
     max_seconds: float = 420.0     # longer movements are cut (keeps one huge quartet from dominating)
@@ -167,7 +180,7 @@ def score_to_midi(path: str):
     MIDI writer, whose tie stripping and channel assignment take minutes on a long quartet.
     """
     import pretty_midi
-    from music21 import corpus, tempo
+    from music21 import corpus, expressions, tempo
     score = corpus.parse(path)
     marks = list(score.flatten().getElementsByClass(tempo.MetronomeMark))
     qpm = float(marks[0].getQuarterBPM() or DEFAULT_QPM) if marks else DEFAULT_QPM
@@ -175,6 +188,7 @@ def score_to_midi(path: str):
     spq = 60.0 / qpm
     pm = pretty_midi.PrettyMIDI(initial_tempo=qpm)
     parts = list(score.parts) if len(score.parts) else [score]
+    fermatas = set()
     for part in parts:
         inst = pretty_midi.Instrument(program=0)
         last: dict[int, pretty_midi.Note] = {}
@@ -182,6 +196,8 @@ def score_to_midi(path: str):
             q0, dq = float(el.offset), float(el.duration.quarterLength)
             if dq <= 0:  # grace notes
                 continue
+            if any(isinstance(e, expressions.Fermata) for e in el.expressions):
+                fermatas.add(round((q0 + dq) * spq, 6))
             for n in (el.notes if el.isChord else [el]):
                 m = int(n.pitch.midi)
                 tie = n.tie.type if n.tie is not None else (el.tie.type if el.tie is not None else None)
@@ -194,6 +210,7 @@ def score_to_midi(path: str):
                 last[m] = note
         if inst.notes:
             pm.instruments.append(inst)
+    pm.fermatas = sorted(fermatas)  # score seconds where a fermata note ends (arrange() holds them)
     return score, pm
 
 
@@ -215,22 +232,50 @@ def pick_ensemble(rng: np.random.Generator) -> str:
     return names[rng.choice(len(names), p=w / w.sum())]
 
 
-def assign_families(ensemble: str, n_parts: int) -> list[str]:
+def assign_families(ensemble: str, n_parts: int, rng: np.random.Generator | None = None) -> list[str]:
+    """Families of the parts, highest first; a slot "a|b" is one of the alternatives (drawn per render)."""
     slots = ENSEMBLES[ensemble][1]
     fams = []
     for i in range(n_parts):
-        slot = slots[min(i, len(slots) - 1)]
-        fams.append(slot.rstrip("*"))
+        options = slots[min(i, len(slots) - 1)].rstrip("*").split("|")
+        fams.append(options[int(rng.integers(len(options)))] if rng is not None and len(options) > 1 else options[0])
     return fams
 
 
-def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_seconds: float):
-    """A new PrettyMIDI: parts -> instruments of the ensemble (by register), tempo, dynamics, mix, detune."""
+def performance_clock(end: float, fermatas: list[float], rng: np.random.Generator, expressive: bool):
+    """Score seconds -> performance seconds: a slowly wandering tempo (+-8 %) and held fermatas, as
+    players perform a chorale (real recordings are never metronomic)."""
+    if not expressive:
+        return lambda t: np.asarray(t, dtype=np.float64)
+    grid = np.arange(0.0, end + 4.0, 2.0)
+    log_tempo = np.zeros(len(grid))
+    for i in range(1, len(grid)):  # mean-reverting random walk of log tempo
+        log_tempo[i] = 0.8 * log_tempo[i - 1] + rng.normal(0, 0.035)
+    seconds_per_score_second = np.exp(-np.clip(log_tempo, -0.08, 0.08))
+    elapsed = np.concatenate([[0.0], np.cumsum(seconds_per_score_second[:-1] * 2.0)])
+    holds = sorted((float(f), float(rng.uniform(0.25, 1.2))) for f in fermatas if rng.random() < 0.85)
+
+    def clock(t):
+        t = np.asarray(t, dtype=np.float64)
+        out = np.interp(t, grid, elapsed)
+        for f, h in holds:  # a note ending on a fermata is held; everything after it waits
+            out = out + h * (t >= f - 1e-6)
+        return out
+    return clock
+
+
+def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_seconds: float, expressive: bool = True):
+    """A new PrettyMIDI: parts -> instruments of the ensemble (by register), tempo, dynamics, mix, detune.
+
+    Each label row ends with the index of its instrument in the result (its stem). With ``expressive``
+    the tempo wanders, fermatas are held and every non-keyboard player is a little early or late
+    (real ensembles never start a chord together)."""
     import pretty_midi
     parts = [inst for inst in pm.instruments if inst.notes and not inst.is_drum]
     parts.sort(key=lambda inst: -float(np.median([n.pitch for n in inst.notes])))
-    fams = assign_families(ensemble, len(parts))
-    programs = {f: int(rng.choice(FAMILIES[f])) for f in set(fams)}  # one program per family per render
+    fams = assign_families(ensemble, len(parts), rng)
+    clock = performance_clock(pm.get_end_time(), getattr(pm, "fermatas", []), rng, expressive)
+    programs = {f: int(rng.choice(FAMILIES[f])) for f in sorted(set(fams))}  # one program per family per render
     out = pretty_midi.PrettyMIDI(resolution=pm.resolution, initial_tempo=120.0)
     scale = 1.0 / tempo
     global_cents = rng.normal(0, 6)  # the whole band a little off A440, as real ensembles are
@@ -255,17 +300,22 @@ def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_secon
             inst._cents = global_cents + rng.normal(0, 4)
             inst._vibrato = int(rng.uniform(0, 50)) if fam not in ("piano", "harpsichord", "organ") else 0
         inst = merged[key]
-        for n in part.notes:
-            start, end = n.start * scale, n.end * scale
+        stem = list(merged).index(key)
+        timing = 0.0 if fam in KEYBOARDS or not expressive else rng.uniform(0.004, 0.02)
+        starts = clock([n.start for n in part.notes]) * scale
+        ends = clock([n.end for n in part.notes]) * scale
+        for n, start, end in zip(part.notes, starts, ends):
+            start = max(float(start + rng.normal(0, timing)), 0.0) if timing else float(start)
+            end = float(end)
             if start >= max_seconds:
                 continue
             end = min(end, max_seconds)
-            if end - start < 0.02:
+            if end - start < 0.04:
                 continue
             vel = base_vel + swell_depth * np.sin(2 * np.pi * start / swell_period) + inst._level * 3 + rng.normal(0, 7)
             vel = int(np.clip(vel, 20, 127))
             inst.notes.append(pretty_midi.Note(velocity=vel, pitch=n.pitch, start=start, end=end))
-            rows.append((start, end, program + 1, n.pitch, n.start / spq, n.end / spq))
+            rows.append((start, end, program + 1, n.pitch, n.start / spq, n.end / spq, stem))
     for inst in merged.values():
         inst.notes.sort(key=lambda n: (n.start, n.pitch))
         bend = int(np.clip(round(inst._cents / 200 * 8192), -8191, 8191))  # default bend range is +-2 semitones
@@ -275,30 +325,81 @@ def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_secon
         inst.control_changes.append(pretty_midi.ControlChange(10, int(rng.uniform(20, 108)), 0.0))  # pan
         out.instruments.append(inst)
     info = {"programs": sorted({p + 1 for p in programs.values()}), "families": sorted(set(fams)),
-            "cents": round(global_cents, 2)}
+            "cents": round(global_cents, 2), "stems": [inst.name.split(":")[0] for inst in out.instruments]}
     return out, rows, info
 
 
-def fluidsynth_render(midi_path: str, wav_path: str, soundfont: str, rng: np.random.Generator) -> dict:
+def draw_effects(rng: np.random.Generator) -> dict:
     reverb = rng.random() < 0.7
     room = {"synth.reverb.room-size": round(rng.uniform(0.1, 0.9), 2), "synth.reverb.damp": round(rng.uniform(0, 0.8), 2),
             "synth.reverb.width": round(rng.uniform(0.5, 1.0), 2), "synth.reverb.level": round(rng.uniform(0.2, 0.9), 2)}
-    chorus = rng.random() < 0.3
-    cmd = ["fluidsynth", "-ni", "-q", "-r", str(MUSICNET_RATE), "-g", "0.5", "-R", "1" if reverb else "0",
-           "-C", "1" if chorus else "0", "-o", "synth.polyphony=512", "-F", wav_path, "-T", "wav", "-O", "s16"]
-    if reverb:
-        for k, v in room.items():
-            cmd += ["-o", f"{k}={v}"]
+    return {"reverb": room if reverb else None, "chorus": bool(rng.random() < 0.3)}
+
+
+def fluidsynth_render(midi_path: str, wav_path: str, soundfont: str, fx: dict) -> None:
+    cmd = ["fluidsynth", "-ni", "-q", "-r", str(MUSICNET_RATE), "-g", "0.5", "-R", "1" if fx["reverb"] else "0",
+           "-C", "1" if fx["chorus"] else "0", "-o", "synth.polyphony=512", "-o", "synth.dynamic-sample-loading=1", "-F", wav_path, "-T", "wav", "-O", "float"]
+    for k, v in (fx["reverb"] or {}).items():
+        cmd += ["-o", f"{k}={v}"]
     cmd += [soundfont, midi_path]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
-    return {"reverb": room if reverb else None, "chorus": chorus}
+
+
+def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str) -> list[np.ndarray]:
+    """One stereo (samples, 2) float32 array per instrument of ``arranged``, all the same length: the mix
+    is their sum (FluidSynth is linear per voice, effects included), and each stem is a solo recording."""
+    import copy
+
+    import soundfile as sf
+    stems = []
+    for k, inst in enumerate(arranged.instruments):
+        one = copy.copy(arranged)
+        one.instruments = [inst]
+        mid, wav = os.path.join(tmp, f"{tag}_{k}.mid"), os.path.join(tmp, f"{tag}_{k}.wav")
+        one.write(mid)
+        fluidsynth_render(mid, wav, soundfont, fx)
+        audio, _ = sf.read(wav, dtype="float32", always_2d=True)
+        stems.append(audio)
+    n = max(len(a) for a in stems)
+    return [np.pad(a, ((0, n - len(a)), (0, 0))) for a in stems]
+
+
+def audible_ends(stem: np.ndarray, sr: int, rows: list[tuple], keyboard: bool, max_tail: float = 0.25,
+                 drop_db: float = 20.0) -> list[float]:
+    """Label offsets that follow the sound: a note's label ends when its instrument's level has fallen
+    ``drop_db`` below the note's peak (release and room tail), at most ``max_tail`` after the score's
+    note-off, and never past the next onset of the same pitch. Real strings and winds ring on after the
+    note-off; labels at the note-off teach a model to end notes early. Parts are monophonic (one player
+    per stem), so the stem's envelope is the note's; keyboard stems are polyphonic and get a fixed 80 ms."""
+    hop = sr // 100
+    frames = len(stem) // hop
+    env = 10 * np.log10(np.mean(stem[: frames * hop].reshape(frames, hop) ** 2, axis=1) + 1e-12)
+    by_pitch: dict[int, list[float]] = {}
+    for r in rows:
+        by_pitch.setdefault(r[3], []).append(r[0])
+    ends = []
+    for start, end, _, pitch, *_ in rows:
+        later = [s for s in by_pitch[pitch] if s > start + 1e-6]
+        limit = min([end + max_tail] + later)
+        if keyboard:
+            ends.append(max(end, min(end + 0.08, limit)))
+            continue
+        a, b, c = int(start * 100), int(end * 100), int(limit * 100)
+        if b <= a or a >= frames:
+            ends.append(end)
+            continue
+        peak = env[a: max(b, a + 1)].max()
+        tail = env[b: c]
+        quiet = np.flatnonzero(tail < peak - drop_db)
+        ends.append(max(end, (b + (quiet[0] if len(quiet) else len(tail))) / 100))
+    return ends
 
 
 def write_labels(path: Path, rows: list[tuple]) -> None:
     rows = sorted(rows, key=lambda r: (r[0], r[3]))
     with open(path, "w") as f:
         f.write(CSV_HEADER + "\n")
-        for start, end, inst, pitch, sb, eb in rows:
+        for start, end, inst, pitch, sb, eb, *_ in rows:
             f.write(f"{int(round(start * MUSICNET_RATE))},{int(round(end * MUSICNET_RATE))},{inst},{pitch},"
                     f"{sb:.4g},{eb - sb:.4g},{note_value(eb - sb)}\n")
 
@@ -329,6 +430,8 @@ def render_piece(task: tuple) -> list[dict]:
                 return [{"excluded": path, "why": "same melody as a reserved chorale"}]
             key = "chorale-melody:" + sig
         split = split_of(key, cfg.seed, cfg.test_fraction)
+        if cfg.only_split and split != cfg.only_split:
+            return [{"skipped": path, "why": f"not in the {cfg.only_split} split"}]
         n_notes = sum(len(i.notes) for i in pm.instruments)
         if n_notes < 20 or pm.get_end_time() < 8:
             return [{"skipped": path, "why": "too short"}]
@@ -340,32 +443,46 @@ def render_piece(task: tuple) -> list[dict]:
             if not rows:
                 continue
             soundfont = cfg.soundfonts[rng.integers(len(cfg.soundfonts))]
-            mid = os.path.join(tmp, f"v{v}.mid")
-            arranged.write(mid)
-            stereo = os.path.join(tmp, f"v{v}.wav")
-            fx = fluidsynth_render(mid, stereo, soundfont, rng)
-            audio, sr = sf.read(stereo, dtype="float32", always_2d=True)
+            fx = draw_effects(rng)
+            stems = render_stems(arranged, soundfont, fx, tmp, f"v{v}")
+            sr = MUSICNET_RATE
             # Stereo -> mono as a microphone somewhere between the two channels would hear it.
             a = rng.uniform(0.2, 0.8)
-            x = a * audio[:, 0] + (1 - a) * audio[:, -1]
-            end = int(round(max(r[1] for r in rows) * sr)) + int(rng.uniform(0.3, 1.5) * sr)
-            x = x[:end]
-            eq = rng.random() < 0.6
-            if eq:
-                x = random_eq(x, sr, rng, max_db=6.0)
-            snr = float(rng.uniform(25, 60)) if rng.random() < 0.4 else None
-            if snr is not None:
-                x = add_noise(x, rng, snr)
-            peak = float(rng.uniform(-12, -1))
-            x = normalise_peak(x, peak)
-            rec_id = f"{index:04d}{v}"
-            root = Path(cfg.out)
-            sf.write(root / f"{split}_data" / f"{rec_id}.wav", x, sr, subtype="PCM_16")
-            write_labels(root / f"{split}_labels" / f"{rec_id}.csv", rows)
-            records.append({"id": rec_id, "split": split, "piece": path.split("corpus/")[-1], "work": key,
-                            "ensemble": ensemble, "soundfont": Path(soundfont).name, "tempo": round(tempo, 3),
-                            "seconds": round(len(x) / sr, 2), "notes": len(rows), "eq": eq, "snr_db": snr,
-                            "peak_db": round(peak, 1), **info, **fx})
+            mono = [a * st[:, 0] + (1 - a) * st[:, -1] for st in stems]
+            names = info["stems"]
+            labelled = []
+            for k, x in enumerate(mono):
+                mine = [r for r in rows if r[6] == k]
+                ends = audible_ends(x, sr, mine, keyboard=names[k] in KEYBOARDS)
+                labelled.append([(r[0], e) + tuple(r[2:]) for r, e in zip(mine, ends)])
+            outputs = [("", np.sum(mono, axis=0), [r for rs in labelled for r in rs], "ensemble" if len(mono) > 1
+                        else "solo", "+".join(sorted(set(names))))]
+            solo = [k for k in range(len(mono)) if len(labelled[k]) >= 10] if len(mono) > 1 else []
+            if split == "test":
+                chosen = solo
+            else:
+                chosen = [int(rng.choice(solo))] if solo and rng.random() < cfg.solo_fraction else []
+            outputs += [(f"s{k}", mono[k], labelled[k], "solo", names[k]) for k in chosen]
+            for suffix, x, out_rows, group, instrument in outputs:
+                end = int(round(max(r[1] for r in out_rows) * sr)) + int(rng.uniform(0.3, 1.5) * sr)
+                x = x[:end]
+                eq = rng.random() < 0.6
+                if eq:
+                    x = random_eq(x, sr, rng, max_db=6.0)
+                snr = float(rng.uniform(25, 60)) if rng.random() < 0.4 else None
+                if snr is not None:
+                    x = add_noise(x, rng, snr)
+                peak = float(rng.uniform(-12, -1))
+                x = normalise_peak(x, peak)
+                rec_id = f"{index:04d}{v}{suffix}"
+                root = Path(cfg.out)
+                sf.write(root / f"{split}_data" / f"{rec_id}.wav", x, sr, subtype="PCM_16")
+                write_labels(root / f"{split}_labels" / f"{rec_id}.csv", out_rows)
+                records.append({"id": rec_id, "split": split, "piece": path.split("corpus/")[-1], "work": key,
+                                "ensemble": ensemble, "group": group, "instrument": instrument,
+                                "soundfont": Path(soundfont).name, "tempo": round(tempo, 3),
+                                "seconds": round(len(x) / sr, 2), "notes": len(out_rows), "eq": eq, "snr_db": snr,
+                                "peak_db": round(peak, 1), **info, **fx})
     return records
 
 
@@ -382,7 +499,7 @@ def render(cfg: RenderConfig) -> dict:
         (root / d).mkdir(parents=True, exist_ok=True)
     pieces = cfg.pieces or corpus_pieces(cfg.seed)
     reserved = reserved_signatures()
-    tasks = [(i, p, asdict(cfg), reserved) for i, p in enumerate(pieces)]
+    tasks = [(i, p, asdict(cfg), reserved) for i, p in enumerate(pieces)][cfg.skip:]
     t0 = time.time()
     hours = {"train": 0.0, "test": 0.0}
     kept, excluded, skipped = [], [], []
@@ -404,7 +521,7 @@ def render(cfg: RenderConfig) -> dict:
                     if r["split"] == "train":
                         bar.update(round(r["seconds"] / 3600, 4))
             bar.set_postfix(pieces=consumed, test_h=round(hours["test"], 2))
-            if hours["train"] >= cfg.hours:
+            if hours["train"] >= cfg.hours if not cfg.only_split else hours["test"] >= cfg.test_hours:
                 break
     finally:
         if pool:
@@ -412,6 +529,9 @@ def render(cfg: RenderConfig) -> dict:
         bar.close()
     # Tasks in flight past the cut-off may have written files: remove them so the dataset is exactly
     # the first `consumed` pieces and the same seed reproduces the same files.
+    if cfg.skip and (root / "metadata.jsonl").exists():  # a continuation keeps what the earlier run wrote
+        new_ids = {r["id"] for r in kept}
+        kept = [r for r in map(json.loads, open(root / "metadata.jsonl")) if r["id"] not in new_ids] + kept
     done = {r["id"] for r in kept}
     for d in ("train_data", "train_labels", "test_data", "test_labels"):
         for f in (root / d).iterdir():
@@ -424,7 +544,7 @@ def render(cfg: RenderConfig) -> dict:
                "train_hours": round(hours["train"], 3), "test_hours": round(hours["test"], 3),
                "excluded": excluded, "skipped": skipped, "wall_seconds": round(time.time() - t0, 1),
                "command": " ".join([Path(sys.executable).name, "-m", "training.data.render", *sys.argv[1:]])}
-    (root / "render_summary.json").write_text(json.dumps(summary, indent=1))
+    (root / (f"render_summary_from{cfg.skip}.json" if cfg.skip else "render_summary.json")).write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -435,13 +555,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hours", type=float, default=d.hours, help="hours of training audio to render")
     ap.add_argument("--test-fraction", type=float, default=d.test_fraction)
     ap.add_argument("--variants", type=int, default=d.variants)
+    ap.add_argument("--solo-fraction", type=float, default=d.solo_fraction)
+    ap.add_argument("--only-split", choices=["test"], default=None, help="render only the test works")
+    ap.add_argument("--test-hours", type=float, default=d.test_hours, help="with --only-split test: stop here")
+    ap.add_argument("--skip", type=int, default=d.skip, help="start at this piece (continue an earlier render)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--workers", type=int, default=d.workers)
     ap.add_argument("--max-seconds", type=float, default=d.max_seconds)
     ap.add_argument("--soundfont", action="append", dest="soundfonts", help="repeatable; default: all installed GM fonts")
     ap.add_argument("--piece", action="append", dest="pieces", help="music21 corpus path (repeatable); default: corpus")
     a = ap.parse_args(argv)
-    cfg = RenderConfig(out=a.out, hours=a.hours, test_fraction=a.test_fraction, variants=a.variants, seed=a.seed,
+    cfg = RenderConfig(out=a.out, hours=a.hours, test_fraction=a.test_fraction, variants=a.variants, solo_fraction=a.solo_fraction, only_split=a.only_split,
+                       test_hours=a.test_hours, skip=a.skip, seed=a.seed,
                        workers=a.workers, max_seconds=a.max_seconds, soundfonts=a.soundfonts or d.soundfonts,
                        pieces=a.pieces or [])
     s = render(cfg)

@@ -1,0 +1,124 @@
+"""Second-generation complex transcriber: notes, not just frames.
+
+``complex_note_transcriber`` reads the same complex constant-Q transform as the frame transcriber
+(models/transcriber.py) and adds what note-level transcription needs:
+
+* **Harmonic stacking.** After one complex convolution maps thirds of semitones onto semitones, the
+  feature map is stacked with copies of itself shifted by the harmonic intervals of the note under
+  test: 1/4, 1/3, 1/2 (is there a fundamental below that explains me as its 2nd, 3rd or 4th
+  harmonic?) and 1..7 (do my own overtones sound?). A 1x1 complex convolution then weighs the evidence,
+  so a harmonic of a sounding note is told apart from a note, the failure of frame-only models on
+  solo bassoon and saxophone (Basic Pitch stacks harmonics the same way, on magnitudes).
+* **Pitch equivariance.** Every layer after the front end is a convolution along pitch, so all 88 keys
+  share their weights: keys that are rare in training (MIDI 21-30, 97-108) are read exactly like the
+  rest, plus a learned per-key bias.
+* **Two heads**: ``frame`` (the pitch sounds) and ``onset`` (a note of this pitch starts here). Notes are
+  decoded from onsets + frames (models.transcription.notes_from_onsets), so a sustained harmonic or a
+  reverb tail never starts a note, and repeated notes are split at their onsets.
+* **Calibration.** An affine map of each head's logits, fitted after training on a realistic
+  validation split (``training.musicnet calibrate``), so that probabilities mean what they say and
+  the decoding thresholds stored with the model (``decoding``) are the best-F1 ones.
+
+Contract of models/transcription.py: forward((B, window_samples)) -> (B, frames, pitches, 2) logits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.checkpoint import register_architecture
+from models.complex import ComplexBatchNorm2d, ComplexConv2d, CReLU, fold_complex_bn
+from models.transcriber import compress, constant_q_kernels
+
+HARMONICS = (0.25, 1 / 3, 0.5, 1, 2, 3, 4, 5, 6, 7)
+
+
+def harmonic_shifts(harmonics: tuple[float, ...]) -> list[int]:
+    """Semitone offsets of the harmonics (equal-tempered rounding): 1/2 -> -12, 3 -> +19, 5 -> +28."""
+    import math
+    return [round(12 * math.log2(h)) for h in harmonics]
+
+
+def stack_harmonics(h: torch.Tensor, shifts: list[int], n_out: int) -> torch.Tensor:
+    """(B, 2C, S, T) [re | im] semitone features -> (B, 2C*len(shifts), n_out, T): for output semitone s,
+    the copy for shift k holds semitone s + shifts[k] (zero outside the map). One gather, no per-shift
+    copies; the channel order is (part, channel, shift), so the [all re | all im] layout is kept."""
+    b, c2, n_in, t = h.shape
+    lo = max(0, -min(shifts))
+    hi = max(0, max(shifts) + n_out - n_in)
+    padded = F.pad(h, (0, 0, lo, hi))
+    idx = torch.tensor([lo + s + i for s in shifts for i in range(n_out)], device=h.device)
+    return padded.index_select(2, idx).view(b, c2 * len(shifts), n_out, t)
+
+
+@register_architecture("complex_note_transcriber")
+class ComplexNoteTranscriber(nn.Module):
+    """Complex CQT -> semitone conv -> harmonic stack -> complex convs along (pitch, time) -> frame/onset heads."""
+
+    heads = ("frame", "onset")
+
+    def __init__(self, sample_rate: int = 16000, hop_length: int = 320, frames_per_window: int = 200,
+                 min_pitch: int = 21, max_pitch: int = 108, top_pitch: int = 120, bins_per_semitone: int = 3,
+                 n_fft: int = 2048, q: float = 17.0, channels: int = 16, harmonics: tuple[float, ...] = HARMONICS,
+                 hidden: int = 32, compression_gain: float = 1000.0, output_bias: tuple[float, float] = (-3.0, -5.0),
+                 decoding: dict | None = None) -> None:
+        super().__init__()
+        self.sample_rate, self.hop_length, self.frames_per_window = sample_rate, hop_length, frames_per_window
+        self.pitches = list(range(min_pitch, max_pitch + 1))
+        self.decoding = dict(decoding or {})
+        self.n_fft, self.bps, self.compression_gain = n_fft, bins_per_semitone, compression_gain
+        self.n_semitones = top_pitch - min_pitch + 1          # analysed range: overtones up to ``top_pitch``
+        self.n_bins = self.n_semitones * bins_per_semitone
+        self.shifts = harmonic_shifts(tuple(harmonics))
+        # Frames each side consumed by the unpadded time convolutions: 1 (semitone conv) + 1 (3x3) + 2 (1x5).
+        self.receptive = 4
+        self.context = n_fft // 2 + self.receptive * hop_length
+        fmin = min_pitch - (bins_per_semitone // 2) / bins_per_semitone  # pitch p's centre bin is bps*(p-min)+bps//2
+        self.register_buffer("kernels", torch.from_numpy(
+            constant_q_kernels(sample_rate, fmin, self.n_bins, bins_per_semitone, n_fft, q)), persistent=False)
+        c, b = channels, bins_per_semitone
+        self.semitone = nn.Sequential(ComplexConv2d(1, c, (3 * b, 3), stride=(b, 1), padding=(b, 0)),
+                                      ComplexBatchNorm2d(c), CReLU())
+        self.body = nn.Sequential(
+            ComplexConv2d(c * len(self.shifts), c, 1), ComplexBatchNorm2d(c), CReLU(),   # weigh the harmonics
+            ComplexConv2d(c, c, (3, 3), padding=(1, 0)), ComplexBatchNorm2d(c), CReLU(),  # neighbours, +-1 frame
+            ComplexConv2d(c, c, (1, 5), padding=(0, 0)), ComplexBatchNorm2d(c), CReLU(),  # +-2 frames
+        )
+        n_heads = len(self.heads)
+        self.head = nn.Sequential(nn.Conv2d(2 * c, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, n_heads, (1, 3), padding=(0, 1)))
+        self.key_bias = nn.Parameter(torch.zeros(n_heads, len(self.pitches), 1))
+        with torch.no_grad():
+            self.head[-1].bias.copy_(torch.tensor(output_bias[:n_heads], dtype=torch.float32))
+        # Logit calibration (scale, shift) per head; identity until ``training.musicnet calibrate`` fits it.
+        self.register_buffer("calibration", torch.tensor([[1.0, 0.0]] * n_heads))
+
+    def frontend(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, samples) -> (B, 2, n_bins, T) complex constant-Q coefficients, [real | imag] on dim 1."""
+        n_frames = self.frames_per_window + 2 * self.receptive
+        frames = x.float().unfold(1, self.n_fft, self.hop_length)[:, :n_frames]  # (B, T, n_fft)
+        with torch.autocast(x.device.type, enabled=False):  # fixed analysis stays fp32 under bf16 autocast
+            spec = frames @ self.kernels
+        bsz, t, _ = spec.shape
+        return spec.view(bsz, t, 2, self.n_bins).permute(0, 2, 3, 1)
+
+    def _run(self, seq: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return seq(h)
+        for i in range(0, len(seq), 3):  # inference: complex BN folded into its convolution (exact)
+            conv, bn = seq[i], seq[i + 1]
+            w, b = fold_complex_bn(conv, bn)
+            h = F.relu(F.conv2d(h, w, b, conv.stride, conv.padding, conv.dilation))
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = compress(self.frontend(x), self.compression_gain)
+        h = self._run(self.semitone, h)                                   # (B, 2c, n_semitones, T-2)
+        h = stack_harmonics(h, self.shifts, len(self.pitches))            # (B, 2c*H, 88, T-2)
+        h = self._run(self.body, h)                                       # (B, 2c, 88, frames)
+        logits = self.head(h) + self.key_bias                             # (B, heads, 88, frames)
+        logits = logits * self.calibration[:, :1, None] + self.calibration[:, 1:, None]
+        return logits.permute(0, 3, 2, 1)                                 # (B, frames, 88, heads)
+
+
+__all__ = ["ComplexNoteTranscriber", "HARMONICS", "harmonic_shifts", "stack_harmonics"]

@@ -1,0 +1,94 @@
+"""Training data for the onset-aware transcriber: onset labels, pitch-shift augmentation, release-tail labels,
+realistic evaluation sets, a short training run and calibration."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import build_model, load_checkpoint
+from tests.training.musicnet_fixture import NOTES, write_fixture
+from training import musicnet as cli
+from training.data.musicnet import Labels, MusicNet
+from training.data.render import audible_ends
+
+TINY = {"frames_per_window": 16, "channels": 4, "hidden": 8}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return write_fixture(tmp_path_factory.mktemp("mn"), splits=("train", "test", "val"))
+
+
+def test_onset_labels_mark_the_nearest_frame_only():
+    labels = Labels(np.array([1000, 1000, 5000]), np.array([4000, 9000, 9000]), np.array([60, 64, 60]),
+                    np.array([1, 1, 1]), 8000)
+    positions = np.arange(0, 10000, 882)  # 20 ms frames at 44.1 kHz
+    roll = labels.onsets(positions, [60, 64], half_width=441)
+    assert roll.sum() == 3
+    assert roll[1, 0] == roll[1, 1] == 1  # 1000 is nearest to frame 1 (882)
+    assert roll[6, 0] == 1                # 5000 is nearest to frame 6 (5292)
+    assert labels.onsets(positions + 441 + 1, [60], half_width=100).sum() == 0  # no frame within 100 samples
+
+
+def test_pitch_shift_moves_labels_with_the_sound(root):
+    model = build_model("complex_note_transcriber", TINY)
+    ds = MusicNet(root, "train", model.sample_rate)
+    sampler = cli.CropSampler(ds, model, cli.TrainConfig(data=str(root), pitch_shift=12))
+    sampler.cfg.augment = True
+    seen = set()
+    for _ in range(60):
+        _, y = sampler.window(0)
+        active = {int(p) for p in np.flatnonzero(y[..., 0].sum(0)) + 21}
+        seen |= active
+        # recording 1001 holds MIDI 60, 64, 67: whatever the shift k, the labels are those three moved by k
+        assert any(active <= {60 + k, 64 + k, 67 + k} for k in range(-12, 13)), active
+    assert min(seen) < 55 and max(seen) > 72  # shifts both ways happened
+
+
+def test_release_tail_labels_follow_the_sound():
+    sr = 44100
+    t = np.arange(int(2.0 * sr)) / sr
+    env = np.where(t < 0.5, 1.0, np.exp(-(t - 0.5) / 0.04))  # note-off at 0.5 s, ~40 ms decay
+    stem = (np.sin(2 * np.pi * 440 * t) * env).astype(np.float32)
+    rows = [(0.0, 0.5, 41, 69, 0, 1, 0)]
+    end = audible_ends(stem, sr, rows, keyboard=False)[0]
+    assert 0.55 < end < 0.75          # -20 dB after about 2.3 time constants
+    assert audible_ends(stem, sr, rows, keyboard=True)[0] == pytest.approx(0.58)
+    capped = audible_ends(np.ones_like(stem), sr, rows, keyboard=False, max_tail=0.25)[0]
+    assert capped == pytest.approx(0.75)
+
+
+def test_realistic_eval_sets_split_by_work(root, tmp_path):
+    from training.data.augment_audio import make_eval_splits
+    counts = make_eval_splits(str(root), str(tmp_path / "ev"), "test", val_fraction=0.5, seed=3)
+    assert sum(counts.values()) == len(NOTES)
+    for kind in ("clean", "realistic"):
+        meta = [json.loads(line) for line in (tmp_path / "ev" / kind / "metadata.jsonl").read_text().splitlines()]
+        assert sorted(r["id"] for r in meta) == sorted(NOTES)
+    import soundfile as sf
+    for part in ("val", "test"):
+        for wav in (tmp_path / "ev" / "realistic" / f"{part}_data").glob("*.wav"):
+            clean, _ = sf.read(tmp_path / "ev" / "clean" / f"{part}_data" / wav.name)
+            real, _ = sf.read(wav)
+            assert len(real) == len(clean) and not np.allclose(real, clean, atol=1e-3)
+
+
+def test_note_transcriber_trains_and_calibrates(root, tmp_path):
+    cfg = cli.TrainConfig(data=str(root), out=str(tmp_path / "run"), arch="complex_note_transcriber", model=TINY,
+                          steps=40, batch_size=4, lr=3e-3, warmup=1, augment=False, eval_every=0, log_every=1,
+                          resume=False)
+    path = cli.train(cfg)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:4])
+    out = tmp_path / "calibrated.pt"
+    cli.main(["calibrate", "--checkpoint", str(path), "--data", str(root), "--split", "val", "--out", str(out),
+              "--threads", "1"])
+    model, meta = load_checkpoint(out)
+    assert set(meta["decoding"]) == {"onset_threshold", "frame_threshold", "min_note_length"}
+    assert model.decoding == meta["decoding"]
+    assert not torch.equal(model.calibration, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    assert meta["calibration"]["split"] == "val" and meta["calibration"]["recordings"] == len(NOTES)
