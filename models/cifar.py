@@ -27,8 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.checkpoint import count_parameters, register_architecture
-from models.complex import (ComplexBatchNorm2d, ComplexConv2d, ComplexMaxPool2d, CReLU, complex_global_max_pool,
-                            real_imag)
+from models.complex import (
+    ComplexBatchNorm2d,
+    ComplexConv2d,
+    ComplexMaxPool2d,
+    complex_activation,
+    complex_global_max_pool,
+    real_imag,
+)
 
 # Per-channel mean/std of the 50,000 CIFAR-10 training images in [0, 1] units (training.data.cifar.channel_stats;
 # the 45k split differs in the 4th decimal). The models normalise their own input with them.
@@ -51,11 +57,11 @@ class Normalize(nn.Module):
 class LearnedImaginary(nn.Module):
     """Paper 3.6: imag = (BN-ReLU-1x1 conv) twice, on the real image; returns [real | imag] with C complex channels."""
 
-    def __init__(self, channels: int = 3) -> None:
+    def __init__(self, channels: int = 3, bn_eps: float = 1e-5) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 1, bias=False),
-            nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 1, bias=False))
+            nn.BatchNorm2d(channels, eps=bn_eps), nn.ReLU(), nn.Conv2d(channels, channels, 1, bias=False),
+            nn.BatchNorm2d(channels, eps=bn_eps), nn.ReLU(), nn.Conv2d(channels, channels, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, self.block(x)], dim=1)
@@ -71,14 +77,27 @@ def complex_cat(*xs: torch.Tensor) -> torch.Tensor:
 # The paper's ResNets (complex and real), built from one description: kind selects the layer family.
 
 
-def _layers(kind: str):
-    """(conv, bn, act, channel multiplier of the tensor layout) for "complex" or "real"."""
+def _layers(kind: str, activation: str = "crelu", bn_eps: float = 1e-5, init: str = "default"):
+    """(conv, bn, act, channel multiplier of the tensor layout) for "complex" or "real".
+
+    act(c) builds the activation for c channels (modReLU learns a bias per complex channel). ``init``:
+    "default" = He-Rayleigh complex / torch-default real convs; "authors" = the authors' code: complex
+    convs complex_independent with the He criterion, real convs Orthogonal(gain sqrt 2).
+    """
+    if init not in ("default", "authors"):
+        raise ValueError(f"init must be 'default' or 'authors', got {init!r}")
     if kind == "complex":
-        return (lambda i, o, k, s=1: ComplexConv2d(i, o, k, stride=s, padding=k // 2, bias=False, criterion="he"),
-                ComplexBatchNorm2d, CReLU, 2)
+        mode = "independent" if init == "authors" else "rayleigh"
+        return (lambda i, o, k, s=1: ComplexConv2d(i, o, k, stride=s, padding=k // 2, bias=False, criterion="he",
+                                                   init_mode=mode),
+                lambda c: ComplexBatchNorm2d(c, eps=bn_eps), lambda c=0: complex_activation(activation, c), 2)
     if kind == "real":
-        return (lambda i, o, k, s=1: nn.Conv2d(i, o, k, stride=s, padding=k // 2, bias=False),
-                nn.BatchNorm2d, nn.ReLU, 1)
+        def conv(i, o, k, s=1):
+            layer = nn.Conv2d(i, o, k, stride=s, padding=k // 2, bias=False)
+            if init == "authors":
+                nn.init.orthogonal_(layer.weight, gain=2 ** 0.5)
+            return layer
+        return conv, lambda c: nn.BatchNorm2d(c, eps=bn_eps), lambda c=0: nn.ReLU(), 1
     raise ValueError(f"kind must be 'complex' or 'real', got {kind!r}")
 
 
@@ -86,13 +105,13 @@ class PreActBlock(nn.Module):
     """BN-act-conv-BN-act-conv plus identity; with ``downsample`` the first conv has stride 2 and the
     output is cat(strided 1x1 projection of the input, residual branch): twice the width (paper's code)."""
 
-    def __init__(self, kind: str, width: int, downsample: bool = False) -> None:
+    def __init__(self, kind: str, width: int, downsample: bool = False, **layer_options: Any) -> None:
         super().__init__()
-        conv, bn, act, _ = _layers(kind)
+        conv, bn, act, _ = _layers(kind, **layer_options)
         self.kind, self.downsample = kind, downsample
-        self.bn1, self.act1 = bn(width), act()
+        self.bn1, self.act1 = bn(width), act(width)
         self.conv1 = conv(width, width, 3, 2 if downsample else 1)
-        self.bn2, self.act2 = bn(width), act()
+        self.bn2, self.act2 = bn(width), act(width)
         self.conv2 = conv(width, width, 3)
         self.projection = conv(width, width, 1, 2) if downsample else None
 
@@ -105,27 +124,60 @@ class PreActBlock(nn.Module):
 
 
 class _PaperResNet(nn.Module):
+    """Options (defaults = this project's original layout; the "paper" CIFAR preset sets the authors'):
+
+    activation   crelu | modrelu | zrelu (complex model; the real one uses ReLU).
+    projection   "appended": a downsampling block is added after stages 1 and 2 (3n + 2 blocks);
+                 "first": the downsampling block is the first of the n blocks of stages 2 and 3 (3n blocks),
+                 as in the authors' code (scripts/training.py, getResnetModel).
+    head_norm    a final BN-act before global pooling (pre-activation ResNets); the authors' code has none.
+    bn_eps       BN epsilon (complex BN: added to Vrr and Vii before whitening); authors: 1e-4.
+    init         "default" | "authors" (see _layers; the learned-imaginary convs get He normal, the FC Glorot
+                 uniform with zero bias, as Keras' defaults there).
+    learned_input  real model only: feed it [image | learned 3 channels] (6 channels) as the authors' code
+                 does for both models; the complex model always learns its imaginary part.
+    """
     kind = ""
 
     def __init__(self, width: int = 16, blocks_per_stage: int = 9, num_classes: int = 10,
-                 mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD) -> None:
+                 mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD,
+                 activation: str = "crelu", projection: str = "appended", head_norm: bool = True,
+                 bn_eps: float = 1e-5, init: str = "default", learned_input: bool = False) -> None:
         super().__init__()
-        conv, bn, act, mult = _layers(self.kind)
+        if projection not in ("appended", "first"):
+            raise ValueError(f"projection must be 'appended' or 'first', got {projection!r}")
+        opts = {"activation": activation, "bn_eps": bn_eps, "init": init}
+        conv, bn, act, mult = _layers(self.kind, **opts)
         self.normalize = Normalize(mean, std)
         # complex: learn the imaginary part, 3 complex input channels; real: the 3 channels as they are
-        self.input_imag = LearnedImaginary(3) if self.kind == "complex" else nn.Identity()
-        self.stem = nn.Sequential(conv(3, width, 3), bn(width), act())
+        # (or, with learned_input, concatenated with 3 learned ones as in the authors' code)
+        learned = self.kind == "complex" or learned_input
+        self.input_imag = LearnedImaginary(3, bn_eps) if learned else nn.Identity()
+        in_channels = 6 if (learned and self.kind == "real") else 3
+        self.stem = nn.Sequential(conv(in_channels, width, 3), bn(width), act(width))
         blocks: list[nn.Module] = []
         for stage in range(3):
             w = width * 2**stage
-            blocks += [PreActBlock(self.kind, w) for _ in range(blocks_per_stage)]
-            if stage < 2:
-                blocks.append(PreActBlock(self.kind, w, downsample=True))  # -> 2w channels, half the resolution
+            if projection == "appended":
+                blocks += [PreActBlock(self.kind, w, **opts) for _ in range(blocks_per_stage)]
+                if stage < 2:
+                    blocks.append(PreActBlock(self.kind, w, downsample=True, **opts))  # -> 2w channels, 1/2 size
+            else:
+                if stage > 0:  # the stage opens with the projection block from the previous width
+                    blocks.append(PreActBlock(self.kind, w // 2, downsample=True, **opts))
+                n = blocks_per_stage - (stage > 0)
+                blocks += [PreActBlock(self.kind, w, **opts) for _ in range(n)]
         self.blocks = nn.Sequential(*blocks)
         final = width * 4
         # Final BN-act as in pre-activation ResNets (He et al., 2016), so the head sees normalised features.
-        self.head_norm = nn.Sequential(bn(final), act())
+        self.head_norm = nn.Sequential(bn(final), act(final)) if head_norm else nn.Identity()
         self.fc = nn.Linear(mult * final, num_classes)  # on the concatenated real and imaginary parts
+        if init == "authors":
+            for m in self.input_imag.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight)
+            nn.init.xavier_uniform_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(self.input_imag(self.normalize(x))))
@@ -155,10 +207,29 @@ PAPER_VARIANTS = {
 }
 
 
-def paper_resnet_config(variant: str = "IB", kind: str = "complex", num_classes: int = 10) -> dict[str, Any]:
-    """Constructor kwargs of ComplexResNet / RealResNet for the paper's WS, IB or DN shape."""
+# The authors' code (scripts/training.py) where the paper is silent: projection block first in stages 2 and 3,
+# no BN-act before pooling, BN epsilon 1e-4, complex_independent (He) / Orthogonal(sqrt 2) init, and the
+# learned input channels for the real model too. docs/paper_fidelity.md lists every deviation.
+AUTHORS_OPTIONS: dict[str, Any] = {"projection": "first", "head_norm": False, "bn_eps": 1e-4, "init": "authors"}
+
+
+def paper_resnet_config(variant: str = "IB", kind: str = "complex", num_classes: int = 10,
+                        authors: bool = False, activation: str = "crelu") -> dict[str, Any]:
+    """Constructor kwargs of ComplexResNet / RealResNet for the paper's WS, IB or DN shape.
+
+    ``authors=True`` adds the layout and init of the authors' code (AUTHORS_OPTIONS; the real model also
+    gets the learned input channels); ``activation`` selects crelu / modrelu / zrelu for the complex model.
+    """
     v = PAPER_VARIANTS[variant.upper()]
-    return {"width": v[f"{kind}_width"], "blocks_per_stage": v["blocks_per_stage"], "num_classes": num_classes}
+    cfg: dict[str, Any] = {"width": v[f"{kind}_width"], "blocks_per_stage": v["blocks_per_stage"],
+                           "num_classes": num_classes}
+    if authors:
+        cfg.update(AUTHORS_OPTIONS)
+        if kind == "real":
+            cfg["learned_input"] = True
+    if activation != "crelu" and kind == "complex":
+        cfg["activation"] = activation
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -274,6 +345,7 @@ def log_param_table() -> str:  # pragma: no cover - a convenience for the model 
 
 
 __all__ = [
+    "AUTHORS_OPTIONS",
     "PAPER_VARIANTS",
     "ComplexResNet",
     "ComplexResNet9",

@@ -12,7 +12,14 @@ pitches, frames_per_window, context; forward((B, window_samples)) -> (B, frames_
   4096-sample window at 11.025 kHz, complex FFT input, six complex 1-D convolutions (16, 32, 64, 64,
   128, 128 filters) with complex BN, CReLU and pooling, a dense layer and 84 sigmoid outputs
   (MIDI 21-104); one frame per window, as in the paper.
-* ``musicnet_paper_real``: the same network with real layers on |FFT| (the paper's real baseline).
+* ``musicnet_paper_real``: the same network with real layers on |FFT|. Kept for old runs: it is NOT the
+  authors' real model (see docs/paper_fidelity.md).
+* ``musicnet_{deep,shallow}_{complex,real}``: the four MusicNet models with the layer plans of the authors'
+  code (ChihebTrabelsi/deep_complex_networks, musicnet/musicnet/models/): the deep complex model (16-128
+  complex filters, kernel 6 / stride 2, 'same' padding, average pooling, no BN after the fifth conv), the
+  deep real model (64-256 filters, kernel 7 / stride 3, 'valid' padding, max pooling) and the shallow
+  models (one kernel-512 / stride-16 convolution on raw audio, pooling 4 / stride 2, a 2048-unit dense
+  layer). Parameter counts are checked against counts derived from that code in tests/models/test_paper_models.py.
 """
 from __future__ import annotations
 
@@ -22,8 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.checkpoint import register_architecture
-from models.complex import (ComplexBatchNorm1d, ComplexBatchNorm2d, ComplexConv1d, ComplexConv2d, ComplexLinear,
-                            CReLU, fold_complex_bn)
+from models.complex import (
+    ComplexBatchNorm1d,
+    ComplexBatchNorm2d,
+    ComplexConv1d,
+    ComplexConv2d,
+    ComplexLinear,
+    CReLU,
+    complex_activation,
+    fold_complex_bn,
+)
 
 
 def midi_to_hz(m: float | np.ndarray) -> float | np.ndarray:
@@ -134,7 +149,7 @@ class _PaperMusicNet(nn.Module):
 
     def __init__(self, sample_rate: int = 11025, window: int = 4096, hop_length: int = 256,
                  min_pitch: int = 21, max_pitch: int = 104, filters: tuple[int, ...] = (16, 32, 64, 64, 128, 128),
-                 dense: int = 2048, output_bias: float = -5.0) -> None:
+                 dense: int = 2048, output_bias: float = -5.0, activation: str = "crelu") -> None:
         super().__init__()
         if (window - hop_length) % 2:
             raise ValueError("window - hop_length must be even")
@@ -152,7 +167,7 @@ class _PaperMusicNet(nn.Module):
         plan = [(6, 2, True), (3, 2, True), (3, 1, True), (3, 1, True), (3, 1, False), (3, 1, True)]
         layers, c_in, length = [], 1, self.n_freq
         for c_out, (k, s, pool) in zip(filters, plan):
-            layers += [conv(c_in, c_out, k, s), bn(c_out), CReLU() if cx else nn.ReLU()]
+            layers += [conv(c_in, c_out, k, s), bn(c_out), complex_activation(activation, c_out) if cx else nn.ReLU()]
             length = (length + 2 * (k // 2) - k) // s + 1
             if pool:
                 layers.append(nn.AvgPool1d(2))
@@ -184,5 +199,172 @@ class PaperRealMusicNet(_PaperMusicNet):
     complex_valued = False
 
 
-__all__ = ["ComplexFrameTranscriber", "PaperComplexMusicNet", "PaperRealMusicNet", "constant_q_kernels",
-           "midi_to_hz"]
+# ----------------------------------------------------------------------------------------------------------------
+# The authors' four MusicNet models (deep / shallow x complex / real)
+
+
+def _keras_same_padding(k: int, s: int) -> int:
+    """Symmetric padding that gives Keras 'same' output length L / s (L divisible by s). TF puts an odd
+    extra sample on the right; here it is split, a shift of at most one sample."""
+    return (k - s + 1) // 2
+
+
+class AuthorsMusicNet(nn.Module):
+    """One MusicNet window (``window`` samples at 11 kHz) -> 84 pitch logits (MIDI 21-104), one frame.
+
+    depth "deep" / "shallow", complex_valued True / False select the layer plan of the authors' code:
+
+    deep complex (get_deep_convnet, complex): FFT of the window (complex), ComplexConv1D 16 k6 s2, 32 k3 s2,
+        64 k3, 64 k3 (each + complex BN + act + AvgPool 2), 128 k3 + act (no BN), 128 k3 + complex BN + act
+        + AvgPool 2, all 'same' padding; Dense 2048 ReLU; Dense 84 (bias -5).
+    deep real (get_deep_convnet, real): |FFT| of the window, Conv1D 64 k7 s3, 64 k3 s2, 128 k3, 128 k3 (each
+        + BN + ReLU + MaxPool 2), 256 k3 + ReLU, 256 k3 + BN + ReLU + MaxPool 2, all 'valid'; same head.
+    shallow complex / real (get_shallow_convnet): raw audio, one conv 32 complex / 64 real filters, k512 s16,
+        'valid', act; AvgPool (complex) / MaxPool (real) 4 stride 2; dense 2048 (ComplexDense in the complex
+        model) + act; 84 outputs (the real part of a ComplexDense in the complex model).
+
+    ``input``: "fft" (complex spectrum / its modulus) or "raw" (the samples; complex: a zero imaginary part).
+    ``fft_bins``: "full" = all 4096 FFT bins, as the authors' code feeds them (scipy.fft, negative frequencies
+    included); "positive" = the 2048 non-redundant ones (the deep complex model then has the 8.8M parameters
+    the paper reports instead of the code's 17.1M; see docs/paper_fidelity.md).
+    ``activation`` (complex models): crelu (the code's 'relu' on [re | im]) | modrelu | zrelu.
+    ``init``: "authors" (complex_independent for the deep complex convs, Keras 'complex' = Rayleigh for the
+    shallow one, Glorot normal for real layers, zero biases) or "default" (this project's Glorot-Rayleigh /
+    torch defaults).
+    """
+    depth = "deep"
+    complex_valued = True
+
+    def __init__(self, sample_rate: int = 11000, window: int = 4096, hop_length: int = 256, min_pitch: int = 21,
+                 max_pitch: int = 104, input: str | None = None, fft_bins: str | None = None,
+                 activation: str = "crelu", dense: int = 2048, output_bias: float = -5.0, init: str = "authors",
+                 bn_eps: float | None = None, bn_momentum: float | None = None) -> None:
+        super().__init__()
+        if (window - hop_length) % 2:
+            raise ValueError("window - hop_length must be even")
+        self.sample_rate, self.hop_length, self.window = sample_rate, hop_length, window
+        self.frames_per_window, self.context = 1, (window - hop_length) // 2
+        self.pitches = list(range(min_pitch, max_pitch + 1))
+        deep, cx = self.depth == "deep", self.complex_valued
+        self.input = input or ("fft" if deep else "raw")
+        if self.input not in ("fft", "raw"):
+            raise ValueError(f"input must be 'fft' or 'raw', got {self.input!r}")
+        # The paper's 8.8M for the deep complex model is the 2048-bin input; the code's 4096 bins give 17.1M.
+        self.fft_bins = fft_bins or ("positive" if deep and cx else "full")
+        if self.fft_bins not in ("full", "positive"):
+            raise ValueError(f"fft_bins must be 'full' or 'positive', got {self.fft_bins!r}")
+        self.length = window // 2 if (self.input == "fft" and self.fft_bins == "positive") else window
+        self.activation_name, self.init = activation, init
+        # Keras defaults: BatchNormalization eps 1e-3, momentum 0.99; ComplexBN eps 1e-4, momentum 0.9.
+        eps = bn_eps if bn_eps is not None else (1e-4 if cx else 1e-3)
+        mom = bn_momentum if bn_momentum is not None else (0.1 if cx else 0.01)
+        authors_init = init == "authors"
+
+        def act(c: int) -> nn.Module:
+            return complex_activation(activation, c) if cx else nn.ReLU()
+
+        def conv(i: int, o: int, k: int, s: int, pad: int, mode: str = "independent") -> nn.Module:
+            if cx:
+                return ComplexConv1d(i, o, k, stride=s, padding=pad, criterion="glorot",
+                                     init_mode=mode if authors_init else "rayleigh")
+            return nn.Conv1d(i, o, k, stride=s, padding=pad)
+
+        bn = (lambda c: ComplexBatchNorm1d(c, eps=eps, momentum=mom)) if cx else \
+            (lambda c: nn.BatchNorm1d(c, eps=eps, momentum=mom))
+        layers: list[nn.Module] = []
+        length, c_in = self.length, 1
+        if deep:
+            if cx:  # (filters, kernel, stride, BN, pool); 'same' padding, average pooling
+                plan = [(16, 6, 2, True, True), (32, 3, 2, True, True), (64, 3, 1, True, True),
+                        (64, 3, 1, True, True), (128, 3, 1, False, False), (128, 3, 1, True, True)]
+            else:  # 'valid' padding, max pooling
+                plan = [(64, 7, 3, True, True), (64, 3, 2, True, True), (128, 3, 1, True, True),
+                        (128, 3, 1, True, True), (256, 3, 1, False, False), (256, 3, 1, True, True)]
+            for c_out, k, s, use_bn, pool in plan:
+                pad = _keras_same_padding(k, s) if cx else 0
+                layers.append(conv(c_in, c_out, k, s, pad))
+                length = (length + 2 * pad - k) // s + 1
+                layers += [bn(c_out), act(c_out)] if use_bn else [act(c_out)]
+                if pool:
+                    layers.append(nn.AvgPool1d(2) if cx else nn.MaxPool1d(2))
+                    length //= 2
+                c_in = c_out
+        else:
+            c_out = 32 if cx else 64
+            layers += [conv(1, c_out, 512, 16, 0, mode="rayleigh"), act(c_out),
+                       nn.AvgPool1d(4, stride=2) if cx else nn.MaxPool1d(4, stride=2)]
+            length = ((length - 512) // 16 + 1 - 4) // 2 + 1
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.feature_length = length
+        width = (2 if cx else 1) * c_in * length
+        if cx and not deep:  # ComplexDense(2048) + act, ComplexDense(84); the real part is the output
+            self.dense = nn.Sequential(ComplexLinear(c_in * length, dense, criterion="he"), act(dense))
+            self.out = ComplexLinear(dense, len(self.pitches), criterion="he")
+            out_bias = self.out.bias
+        else:
+            self.dense = nn.Sequential(nn.Linear(width, dense), nn.ReLU())
+            self.out = nn.Linear(dense, len(self.pitches))
+            out_bias = self.out.bias
+            if authors_init:
+                for lin in (self.dense[0], self.out):
+                    nn.init.xavier_normal_(lin.weight)
+                    nn.init.zeros_(lin.bias)
+        if authors_init and not cx:
+            for m in self.features.modules():
+                if isinstance(m, nn.Conv1d):
+                    nn.init.xavier_normal_(m.weight)
+                    nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            out_bias.zero_()
+            out_bias[: len(self.pitches)].fill_(output_bias)
+
+    def features_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, window) samples -> (B, channels, length): the tensor the first convolution sees."""
+        x = x.float()
+        if self.input == "raw":
+            return torch.cat([x.unsqueeze(1), torch.zeros_like(x).unsqueeze(1)], 1) if self.complex_valued \
+                else x.unsqueeze(1)
+        with torch.autocast(x.device.type, enabled=False):
+            spec = torch.fft.fft(x, dim=-1)
+        if self.fft_bins == "positive":
+            spec = spec[:, : self.length]
+        if self.complex_valued:
+            return torch.stack([spec.real, spec.imag], 1)
+        return spec.abs().unsqueeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        off = (x.shape[-1] - self.window) // 2  # the window centred on the frame
+        h = self.features(self.features_input(x[:, off: off + self.window]))
+        b, ch, n = h.shape
+        h = h.reshape(b, 2, ch // 2 * n) if self.complex_valued else h  # [all real | all imag]
+        out = self.out(self.dense(h.flatten(1)))
+        return out[:, : len(self.pitches)].unsqueeze(1)  # ComplexDense output: its real part
+
+
+@register_architecture("musicnet_deep_complex")
+class DeepComplexMusicNet(AuthorsMusicNet):
+    depth, complex_valued = "deep", True
+
+
+@register_architecture("musicnet_deep_real")
+class DeepRealMusicNet(AuthorsMusicNet):
+    depth, complex_valued = "deep", False
+
+
+@register_architecture("musicnet_shallow_complex")
+class ShallowComplexMusicNet(AuthorsMusicNet):
+    depth, complex_valued = "shallow", True
+
+
+@register_architecture("musicnet_shallow_real")
+class ShallowRealMusicNet(AuthorsMusicNet):
+    depth, complex_valued = "shallow", False
+
+
+AUTHORS_MUSICNET_ARCHS = ("musicnet_deep_complex", "musicnet_deep_real", "musicnet_shallow_complex",
+                          "musicnet_shallow_real")
+
+__all__ = ["AUTHORS_MUSICNET_ARCHS", "AuthorsMusicNet", "ComplexFrameTranscriber", "DeepComplexMusicNet",
+           "DeepRealMusicNet", "PaperComplexMusicNet", "PaperRealMusicNet", "ShallowComplexMusicNet",
+           "ShallowRealMusicNet", "constant_q_kernels", "midi_to_hz"]

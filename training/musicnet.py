@@ -5,6 +5,10 @@
     python -m training.musicnet evaluate --checkpoint models/checkpoints/musicnet_complex.pt \\
         --data /work/data/musicnet-rendered [--write-meta]
     python -m training.musicnet transcribe piece.wav --out piece.mid --out piece.npz --out piece.csv
+    python -m training.musicnet train --preset paper --data /work/data/musicnet --arch musicnet_deep_complex
+    python -m training.musicnet evaluate --checkpoint runs/musicnet/model.pt --data /work/data/musicnet --grid authors
+
+``--preset paper`` and ``--grid authors`` follow the authors' code (docs/paper_fidelity.md).
 
 Multi-GPU: ``torchrun --nproc_per_node=N -m training.musicnet train ...`` (DDP; every rank samples
 its own random crops). Training stops at ``--steps`` or ``--minutes``, whichever comes first; the
@@ -35,6 +39,43 @@ from training.transcribe import run as run_transcribe
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex.pt"
 DEFAULT_DATA = "/work/data/musicnet-rendered"
 
+# The authors' split (musicnet/musicnet/dataset.py, MusicNet.splits): three test recordings from test_data/ and
+# six validation recordings taken out of train_data/.
+PAPER_TEST_IDS = ("2303", "2382", "1819")
+PAPER_VAL_IDS = ("2131", "2384", "1792", "2514", "2567", "1876")
+# The authors' learning-rate steps (musicnet/scripts/train.py, schedule): (first epoch, lr), 1000 steps an epoch.
+PAPER_LR_STEPS = ((0, 1e-3), (10, 1e-4), (100, 5e-5), (120, 1e-5), (150, 1e-6))
+# `train --preset paper`: Adam, the step schedule, 200 x 1000 steps, one window from every training recording per
+# batch (never past a recording's end), no augmentation, no clipping, no weight decay, deep complex model.
+PRESETS = {
+    "paper": {"arch": "musicnet_deep_complex", "optimizer": "adam", "schedule": "paper", "lr": 1e-3,
+              "weight_decay": 0.0, "steps": 200 * 1000, "steps_per_epoch": 1000, "sampling": "authors",
+              "augment": False, "pitch_shift": 0, "clip_norm": 0.0, "warmup": 0},
+}
+
+
+def recording_ids(root, split: str) -> list[str]:
+    """Stems of the labelled recordings in ROOT/<split>_data (empty if the split is missing)."""
+    from training.data.musicnet import AUDIO_EXTENSIONS
+    data, labels = Path(root) / f"{split}_data", Path(root) / f"{split}_labels"
+    if not data.is_dir():
+        return []
+    return sorted(p.stem for p in data.iterdir()
+                  if p.suffix.lower() in AUDIO_EXTENSIONS and (labels / f"{p.stem}.csv").exists())
+
+
+def resolve_ids(root, split: str, wanted, default) -> list[str] | None:
+    """Explicit ``wanted`` ids (must all exist), else the ``default`` ids present in the split (None = the
+    whole split when none of them is there)."""
+    present = recording_ids(root, split)
+    if wanted:
+        missing = sorted(set(map(str, wanted)) - set(present))
+        if missing:
+            raise FileNotFoundError(f"{root}/{split}_data has no recording(s) {', '.join(missing)}")
+        return [str(i) for i in wanted]
+    found = [i for i in default if i in present]
+    return found or None
+
 
 @dataclass
 class TrainConfig:
@@ -51,6 +92,14 @@ class TrainConfig:
     augment: bool = True
     pitch_shift: int = 12                        # max semitones of pitch-shift augmentation (0 = off)
     sampling: str = "duration"                   # or "per_recording": the paper's one window per recording per batch
+    #                                              or "authors": every training recording once per batch, in order,
+    #                                              windows wholly inside the recording, label at the window centre
+    optimizer: str = "adamw"                     # adamw (decoupled weight_decay) | adam (the authors')
+    schedule: str = "cosine"                     # cosine (warm-up + cosine) | paper (the authors' steps, below)
+    steps_per_epoch: int = 1000                  # the authors' Keras epoch (the paper schedule steps by epochs)
+    clip_norm: float = 5.0                       # 0 = no gradient clipping (the authors' MusicNet runs clip nothing)
+    test_ids: list | None = None                 # test recordings (default: PAPER_TEST_IDS found in test_data/, else all)
+    val_ids: list | None = None                  # validation recordings held out of train_data/ (default: PAPER_VAL_IDS found)
     seed: int = 0
     device: str = "auto"
     threads: int = 1
@@ -110,7 +159,20 @@ class CropSampler:
             x = degrade(x, self.sr, self.rng)
         return x, y
 
+    def authors_window(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The authors' training window: uniform over the recording, never past either end. A one-frame model
+        is labelled at the centre of its window, as in musicnet/dataset.py (train_iterator); a multi-frame
+        model at its frame positions, as everywhere else here."""
+        n = len(self.ds.recordings[index])
+        start = int(self.rng.integers(0, max(n - self.win, 0) + 1))  # the crop [start, start + win) lies inside
+        x = self.ds.crop(index, start, self.win)
+        positions = start + self.context + np.arange(self.fpw) * self.hop + (self.hop // 2 if self.fpw == 1 else 0)
+        return x, self.ds.labels_at(index, positions, self.pitches)
+
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.sampling == "authors":  # every training recording, once, per batch (batch_size is ignored)
+            xs, ys = zip(*(self.authors_window(i) for i in range(len(self.ds))))
+            return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
         if self.cfg.sampling == "per_recording":  # paper: one random window per recording per batch
             idx = self.rng.choice(len(self.ds), size=batch_size, replace=batch_size > len(self.ds))
         else:
@@ -181,6 +243,12 @@ def score(predictions, threshold: float = 0.5, notes: bool = True, decoding: dic
 # ------------------------------------------------------------------------------------------------ train
 
 def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    if cfg.schedule == "paper":  # the authors' steps by 1000-step epoch, scaled so --lr moves the whole ladder
+        epoch, lr = step // max(cfg.steps_per_epoch, 1), PAPER_LR_STEPS[0][1]
+        for first, value in PAPER_LR_STEPS:
+            if epoch >= first:
+                lr = value
+        return lr * cfg.lr / PAPER_LR_STEPS[0][1]
     frac = step / max(cfg.steps, 1)
     if cfg.minutes > 0:
         frac = max(frac, elapsed / (cfg.minutes * 60))
@@ -205,10 +273,18 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     model = build_model(cfg.arch, cfg.model).to(rt.device)
     arch_config = dict(cfg.model)
-    train_ds = MusicNet(cfg.data, "train", model.sample_rate, cfg.cache_dir, progress=rt.is_main)
-    test_ds = MusicNet(cfg.data, "test", model.sample_rate, cfg.cache_dir, progress=rt.is_main)
+    val_ids = resolve_ids(cfg.data, "train", cfg.val_ids, PAPER_VAL_IDS) or []
+    train_ids = [i for i in recording_ids(cfg.data, "train") if i not in set(val_ids)] if val_ids else None
+    train_ds = MusicNet(cfg.data, "train", model.sample_rate, cfg.cache_dir, ids=train_ids, progress=rt.is_main)
+    test_ds = MusicNet(cfg.data, "test", model.sample_rate, cfg.cache_dir,
+                       ids=resolve_ids(cfg.data, "test", cfg.test_ids, PAPER_TEST_IDS), progress=rt.is_main)
     sampler = CropSampler(train_ds, model, cfg, rt.rank)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":  # the authors': Keras Adam (betas 0.9/0.999, eps 1e-8), no weight decay
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'adamw', got {cfg.optimizer!r}")
     step, spent = 0, 0.0
     state_path = out / "state.pt"
     if cfg.resume and state_path.exists():
@@ -254,7 +330,8 @@ def train(cfg: TrainConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step, elapsed)
         if cfg.rescan_every and stream is None and step and step % cfg.rescan_every == 0:
-            fresh = MusicNet(cfg.data, "train", model.sample_rate, cfg.cache_dir)
+            fresh = MusicNet(cfg.data, "train", model.sample_rate, cfg.cache_dir,
+                             ids=[i for i in recording_ids(cfg.data, "train") if i not in set(val_ids)] if val_ids else None)
             if len(fresh) != len(train_ds):
                 train_ds = fresh
                 sampler.set_dataset(fresh)
@@ -266,7 +343,8 @@ def train(cfg: TrainConfig) -> Path:
         loss = F.binary_cross_entropy_with_logits(logits.float(), y.to(rt.device).view_as(logits))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        if cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
         opt.step()
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % cfg.log_every == 0:
@@ -294,16 +372,89 @@ def train(cfg: TrainConfig) -> Path:
     return out / "model.pt"
 
 
+# ------------------------------------------------------------------------------------------------ authors' grid
+
+AUTHORS_GRID = {"windows_per_file": 7500, "stride": 128}  # musicnet/dataset.py, construct_eval_set
+
+
+@torch.inference_mode()
+def predict_authors_grid(model, dataset, windows_per_file: int = 7500, stride: int = 128, offset: int | None = None,
+                         max_files: int | None = None, batch_size: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The authors' evaluation windows: per recording ``windows_per_file`` windows of the model's input length,
+    the first starting one second in (``offset`` samples, default the sample rate), every ``stride`` samples,
+    each labelled with the notes sounding at its centre. Returns per recording (probabilities, targets), both
+    (windows, pitches). Windows that would run past the recording's end are left out (the authors' files are
+    long enough for all 7,500). Needs a model with one frame per window (the paper's MusicNet models)."""
+    if model.frames_per_window != 1:
+        raise ValueError("--grid authors needs a one-frame-per-window model (musicnet_deep_*, musicnet_shallow_*, "
+                         f"musicnet_paper_*); {type(model).__name__} yields {model.frames_per_window} frames")
+    win = window_samples(model)
+    off = dataset.sample_rate if offset is None else offset
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    n_files = len(dataset) if max_files is None else min(max_files, len(dataset))
+    for i in range(n_files):
+        count = int(min(windows_per_file, max(0, (len(dataset.recordings[i]) - off - win) // stride + 1)))
+        starts = off + np.arange(count, dtype=np.int64) * stride
+        probs = []
+        for chunk in np.array_split(starts, max(1, int(np.ceil(count / batch_size)))) if count else []:
+            x = torch.from_numpy(np.stack([dataset.crop(i, int(a), win) for a in chunk])).to(device)
+            probs.append(torch.sigmoid(model(x).float()).reshape(len(chunk), -1).cpu().numpy())
+        p = np.concatenate(probs) if probs else np.zeros((0, len(model.pitches)), np.float32)
+        out.append((p, dataset.labels_at(i, starts + win // 2, model.pitches)))
+    return out
+
+
+def score_authors_grid(predictions) -> dict:
+    """Micro average precision over every (window, pitch) cell of all files together and the mean binary
+    cross-entropy, as the authors' Validation callback computes them (average_precision_score and log_loss
+    on the flattened arrays)."""
+    from training.metrics import average_precision
+    probs = np.concatenate([p for p, _ in predictions])
+    targets = np.concatenate([t for _, t in predictions])
+    q = np.clip(probs.astype(np.float64), 1e-15, 1 - 1e-15)
+    loss = float(-np.mean(targets * np.log(q) + (1 - targets) * np.log1p(-q))) if probs.size else float("nan")
+    return {"ap": round(average_precision(targets, probs), 4), "loss": round(loss, 4), "windows": len(probs),
+            "recordings": len(predictions), "grid": "authors", **AUTHORS_GRID}
+
+
+def eval_dataset(data: str, split: str, sample_rate: int, ids=None, cache_dir: str | None = None, progress: bool = True):
+    """The evaluation recordings: explicit ``ids`` of ``split``; else for "test" the paper's test ids when present
+    (else the whole split); for "val" the val_data/ folder if there is one, else the paper's validation ids
+    from train_data/."""
+    from training.data.musicnet import MusicNet
+    if split == "val" and not (Path(data) / "val_data").is_dir():
+        val = resolve_ids(data, "train", ids, PAPER_VAL_IDS)
+        if not val:
+            raise FileNotFoundError(f"{data} has no val_data/ and none of the validation ids in train_data/")
+        return MusicNet(data, "train", sample_rate, cache_dir, ids=val, progress=progress)
+    default = PAPER_TEST_IDS if split == "test" else ()
+    return MusicNet(data, split, sample_rate, cache_dir, ids=resolve_ids(data, split, ids, default), progress=progress)
+
+
 # ------------------------------------------------------------------------------------------------ CLIs
 
 def evaluate(checkpoint: str, data: str, split: str = "test", out: str | None = None, threshold: float = 0.5,
-             write_meta: bool = False, max_files: int | None = None, threads: int = 2, cache_dir: str | None = None) -> dict:
-    from training.data.musicnet import MusicNet
+             write_meta: bool = False, max_files: int | None = None, threads: int = 2, cache_dir: str | None = None,
+             ids: list[str] | None = None, grid: str = "frames") -> dict:
     from training.metrics import precision_recall_png
     torch.set_num_threads(threads)
     model, meta = load_checkpoint(checkpoint)
-    ds = MusicNet(data, split, model.sample_rate, cache_dir, progress=True)
+    ds = eval_dataset(data, split, model.sample_rate, ids, cache_dir)
     t0 = time.time()
+    if grid == "authors":
+        metrics = score_authors_grid(predict_authors_grid(model, ds, max_files=max_files))
+        metrics.update({"split": split, "data": str(data), "ids": [r.id for r in ds.recordings],
+                        "command": " ".join(["python -m training.musicnet", *sys.argv[1:]]),
+                        "eval_seconds": round(time.time() - t0, 1)})
+        out_dir = Path(out) if out else Path("runs/musicnet/eval") / (Path(checkpoint).stem + "_authors_grid")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        print(json.dumps(metrics, indent=1))
+        return metrics
+    if grid != "frames":
+        raise ValueError(f"grid must be 'frames' or 'authors', got {grid!r}")
     preds = predict_split(model, ds, max_files=max_files)
     metrics = score(preds, threshold, decoding=decoding_defaults(model))
     metrics.update({"split": split, "data": str(data), "threshold": threshold,
@@ -408,6 +559,25 @@ def calibrate(checkpoint: str, data: str, split: str = "val", out: str | None = 
     return new_meta["calibration"]
 
 
+def _id_list(text: str | None) -> list[str] | None:
+    return [i.strip() for i in text.split(",") if i.strip()] if text else None
+
+
+def train_config_from_args(a: argparse.Namespace) -> TrainConfig:
+    """TrainConfig defaults, then the preset's values, then every flag given on the command line."""
+    values = dict(PRESETS[a.preset]) if getattr(a, "preset", None) else {}
+    for name in ("arch", "steps", "batch_size", "warmup", "seed", "threads", "log_every", "eval_every", "eval_files",
+                 "rescan_every", "workers", "pitch_shift", "steps_per_epoch", "minutes", "lr", "weight_decay",
+                 "clip_norm", "sampling", "optimizer", "schedule"):
+        if getattr(a, name, None) is not None:
+            values[name] = getattr(a, name)
+    if a.no_augment:
+        values["augment"] = False
+    return TrainConfig(data=a.data, out=a.out, model=json.loads(a.model_config), device=a.device,
+                       resume=not a.no_resume, cache_dir=a.cache_dir, test_ids=_id_list(a.test_ids),
+                       val_ids=_id_list(a.val_ids), **values)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m training.musicnet", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -415,16 +585,26 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("train", help="train a transcriber on a MusicNet-layout folder")
     t.add_argument("--data", default=d.data)
     t.add_argument("--out", default=d.out)
-    t.add_argument("--arch", default=d.arch,
+    t.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="paper: the authors' MusicNet recipe (Adam, 1e-3 stepped down to 1e-6, 200 x 1000 steps, "
+                        "one window from every training recording per batch); explicit flags override it")
+    t.add_argument("--arch", default=None,
                    choices=["complex_note_transcriber", "complex_frame_transcriber", "musicnet_paper_complex",
-                            "musicnet_paper_real"])
+                            "musicnet_paper_real", "musicnet_deep_complex", "musicnet_deep_real",
+                            "musicnet_shallow_complex", "musicnet_shallow_real"])
     t.add_argument("--model-config", default="{}", help="JSON constructor kwargs, e.g. '{\"channels\": 16}'")
     for name in ("steps", "batch_size", "warmup", "seed", "threads", "log_every", "eval_every", "eval_files",
-                 "rescan_every", "workers", "pitch_shift"):
-        t.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("minutes", "lr", "weight_decay"):
-        t.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    t.add_argument("--sampling", default=d.sampling, choices=["duration", "per_recording"])
+                 "rescan_every", "workers", "pitch_shift", "steps_per_epoch"):
+        t.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"default {getattr(d, name)}")
+    for name in ("minutes", "lr", "weight_decay", "clip_norm"):
+        t.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=f"default {getattr(d, name)}")
+    t.add_argument("--sampling", default=None, choices=["duration", "per_recording", "authors"])
+    t.add_argument("--optimizer", default=None, choices=["adamw", "adam"])
+    t.add_argument("--schedule", default=None, choices=["cosine", "paper"])
+    t.add_argument("--test-ids", default=None, help="comma-separated test recordings (default: 2303,2382,1819 "
+                                                     "when present in test_data/, else all of test_data/)")
+    t.add_argument("--val-ids", default=None, help="comma-separated recordings held out of train_data/ for "
+                                                    "validation (default: the paper's six when present)")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--device", default=d.device)
@@ -445,21 +625,21 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--cache-dir", default=None)
     e.add_argument("--write-meta", action="store_true", help="store the metrics in the checkpoint's meta")
+    e.add_argument("--ids", "--test-ids", dest="ids", default=None,
+                   help="comma-separated recordings of the split (default for test: 2303,2382,1819 when present)")
+    e.add_argument("--grid", choices=["frames", "authors"], default="frames",
+                   help="frames: every hop_length samples over whole recordings (AP, frame and note metrics); "
+                        "authors: 7,500 windows per file at stride 128 from 1 s in, micro-AP as the authors compute it")
     r = sub.add_parser("transcribe", help="audio files and folders -> .mid / .npz / .csv (training/transcribe.py)")
     add_transcribe_arguments(r)
     a = ap.parse_args(argv)
     if a.cmd == "train":
-        cfg = TrainConfig(data=a.data, out=a.out, arch=a.arch, model=json.loads(a.model_config), steps=a.steps,
-                          minutes=a.minutes, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-                          warmup=a.warmup, augment=not a.no_augment, sampling=a.sampling, seed=a.seed,
-                          device=a.device, threads=a.threads, log_every=a.log_every, eval_every=a.eval_every,
-                          eval_files=a.eval_files, resume=not a.no_resume, cache_dir=a.cache_dir,
-                          rescan_every=a.rescan_every, workers=a.workers, pitch_shift=a.pitch_shift)
-        print(train(cfg))
+        print(train(train_config_from_args(a)))
     elif a.cmd == "calibrate":
         calibrate(a.checkpoint, a.data, a.split, a.out, a.threads)
     elif a.cmd == "evaluate":
-        evaluate(a.checkpoint, a.data, a.split, a.out, a.threshold, a.write_meta, a.max_files, a.threads, a.cache_dir)
+        evaluate(a.checkpoint, a.data, a.split, a.out, a.threshold, a.write_meta, a.max_files, a.threads, a.cache_dir,
+                 ids=_id_list(a.ids), grid=a.grid)
     else:
         code = run_transcribe(a, r)
         if code:

@@ -1,5 +1,5 @@
 """Deep complex network building blocks (Trabelsi et al., ICLR 2018), on a [real | imag] channel layout."""
-from .activations import CReLU, ModReLU, ZReLU
+from .activations import ACTIVATIONS, CReLU, ModReLU, ZReLU, complex_activation
 from .batchnorm import ComplexBatchNorm1d, ComplexBatchNorm2d, fold_complex_bn
 from .conv import ComplexConv1d, ComplexConv2d, ComplexLinear, block_weight
 from .init import complex_init_
@@ -7,7 +7,7 @@ from .layout import from_complex, real_imag, to_complex
 from .pooling import ComplexDropout, ComplexMaxPool1d, ComplexMaxPool2d, complex_global_max_pool
 
 __all__ = [
-    "CReLU", "ModReLU", "ZReLU",
+    "ACTIVATIONS", "CReLU", "ModReLU", "ZReLU", "complex_activation",
     "ComplexBatchNorm1d", "ComplexBatchNorm2d", "fold_complex_bn",
     "ComplexConv1d", "ComplexConv2d", "ComplexLinear", "block_weight",
     "complex_init_",

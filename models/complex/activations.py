@@ -50,3 +50,20 @@ class ZReLU(nn.Module):
         xr, xi = real_imag(x, self.dim)
         keep = ((xr >= 0) & (xi >= 0)).to(x.dtype)
         return x * torch.cat([keep, keep], dim=self.dim)
+
+
+ACTIVATIONS = ("crelu", "modrelu", "zrelu")
+
+
+def complex_activation(name: str, num_features: int, dim: int = 1) -> nn.Module:
+    """The paper's complex activations by name (section 3.3): ``crelu`` | ``modrelu`` | ``zrelu``.
+
+    ``num_features`` (complex channels) sizes modReLU's learned bias; ``dim`` is the [real | imag] axis.
+    """
+    if name == "crelu":
+        return CReLU()
+    if name == "modrelu":
+        return ModReLU(num_features, dim=dim)
+    if name == "zrelu":
+        return ZReLU(dim=dim)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
