@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile, WebSocket
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -43,6 +43,7 @@ from .metrics import Metrics
 from .runners import ClassifierRunner, TranscriberRunner
 from .schemas import ClassifyResponse, ErrorResponse, ModelsResponse, TranscribeResponse
 from .settings import Settings
+from .stream import PROTOCOL_DOC, StreamModel, build_stream_model, protocol_description, serve_stream
 
 log = logging.getLogger("service")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -90,6 +91,9 @@ class Service:
         self.classifier: ClassifierRunner | None = None
         self.transcriber: TranscriberRunner | None = None
         self.batchers: dict[str, Batcher] = {}
+        self.stream_model: StreamModel | None = None  # the transcriber for live streams (short windows)
+        self.streams_active = 0  # open live streams
+        metrics.streams_active.set_function(lambda: self.streams_active)
         self.item_seconds: dict[str, float] = {}
         self.ready = False
         self.draining = False   # shutdown started: not ready, new uploads refused, in-flight ones finishing
@@ -112,6 +116,20 @@ class Service:
         self.transcriber = TranscriberRunner(s.transcriber_checkpoint, device)
         log.info("loaded %s and %s on %s in %.1fs", self.classifier.name, self.transcriber.name, device,
                  time.perf_counter() - t0)
+        self.stream_model, t1 = None, time.perf_counter()
+        if s.stream_max_concurrent:
+            try:
+                self.stream_model = build_stream_model(self.transcriber.model, self.transcriber.meta,
+                                                       s.stream_block_frames)
+            except Exception as e:  # noqa: BLE001 - uploads must still be served; streams get 1013
+                log.error("live streams disabled: %s: %s", type(e).__name__, e)
+        if self.stream_model is not None:
+            if self.stream_model.model is not self.transcriber.model:
+                self.transcriber.add_window_model(self.stream_model.model)
+            log.info("live streams: blocks of %d frames, %d edge frame(s), latency %.3f s (+ compute), largest "
+                     "difference from offline %.2g; checked in %.1fs", self.stream_model.block_frames,
+                     self.stream_model.edge, self.stream_model.algorithmic_latency_s,
+                     self.stream_model.max_difference, time.perf_counter() - t1)
         if s.warmup:
             t0 = time.perf_counter()
             for name, runner, size in (("classifier", self.classifier, s.classify_max_batch_size),
@@ -137,7 +155,8 @@ class Service:
                 ("transcriber", self.transcriber, s.transcribe_max_batch_size, s.transcribe_max_batch_delay_ms)):
             batcher = Batcher(name, runner.predict, max_batch_size=size, max_batch_delay_ms=delay,
                               max_queue_size=s.max_queue_size, item_seconds=self.item_seconds.get(name),
-                              admission_margin=s.admission_margin)
+                              admission_margin=s.admission_margin,
+                              busy_batch_size=s.stream_upload_batch_size if name == "transcriber" else None)
             batcher.on_batch = self.metrics.watch_model(name, lambda b=batcher: b.depth)
             batcher.start()
             self.batchers[name] = batcher
@@ -149,8 +168,8 @@ class Service:
         self.draining = True
         self.metrics.ready.set(0)
         deadline = time.monotonic() + grace_s
-        while self.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        while (self.in_flight or self.streams_active) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # live streams see `draining`: they flush, send their summary and close
         if self.in_flight:
             log.warning("shutdown grace period of %g s over: answering %d request(s) in flight 503", grace_s,
                         self.in_flight)
@@ -657,6 +676,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(file.filename or "").stem) or "transcription"
             headers["Content-Disposition"] = f'attachment; filename="{stem}.{ext}"'
         return Response(body, media_type=media_type, headers=headers)
+
+    @app.get("/transcribe/stream", summary="Live transcription over a WebSocket: the protocol",
+             description=PROTOCOL_DOC)
+    async def transcribe_stream_protocol() -> dict[str, Any]:
+        return protocol_description(service)
+
+    @app.websocket("/transcribe/stream")
+    async def transcribe_stream(websocket: WebSocket) -> None:
+        await serve_stream(websocket, service)
 
     return app
 

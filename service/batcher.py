@@ -12,6 +12,10 @@ past its own deadline (finish of job j ~ seconds per item x sum over queued jobs
 waiting_j)). Seconds per item are measured on the batches run (a moving average), seeded by warm-up.
 So under overload some long jobs finish and the rest are refused at once, instead of all of them
 being served together and all missing the deadline.
+
+Priority jobs (live streams: a window or two each, latency-bound) are taken before any other job and batched
+only with each other; while they keep coming (within ``PRIORITY_RECENT_S``), the other jobs' batches are capped
+at ``busy_batch_size`` items, so a stream never waits behind more than one short batch of uploads.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+PRIORITY_RECENT_S = 1.0
 
 
 class QueueFull(Exception):
@@ -37,10 +43,12 @@ class BatcherStopped(Exception):
 
 
 class _Job:
-    __slots__ = ("cancelled", "deadline", "done", "future", "items", "next", "results")
+    __slots__ = ("cancelled", "deadline", "done", "future", "items", "next", "priority", "results")
 
-    def __init__(self, items: Sequence[Any], future: asyncio.Future, deadline: float = float("inf")) -> None:
+    def __init__(self, items: Sequence[Any], future: asyncio.Future, deadline: float = float("inf"),
+                 priority: bool = False) -> None:
         self.items = items
+        self.priority = priority
         self.deadline = deadline  # time.monotonic() by which it must be answered
         self.results: list[Any] = [None] * len(items)
         self.next = 0          # index of the next item to put in a batch
@@ -59,7 +67,7 @@ class Batcher:
     def __init__(self, name: str, process: Callable[[list[Any]], Sequence[Any]], *, max_batch_size: int,
                  max_batch_delay_ms: float, max_queue_size: int,
                  on_batch: Callable[[int, float], None] | None = None, item_seconds: float | None = None,
-                 admission_margin: float = 0.8) -> None:
+                 admission_margin: float = 0.8, busy_batch_size: int | None = None) -> None:
         self.name = name
         self.process = process
         self.max_batch_size = max_batch_size
@@ -69,6 +77,9 @@ class Batcher:
         self.depth = 0            # items waiting in the queue (not yet in a batch)
         self.item_seconds = item_seconds  # moving average of forward-pass seconds per item (None: not known)
         self.admission_margin = admission_margin
+        self.busy_batch_size = busy_batch_size  # cap on other jobs' batches while priority jobs come
+        self._last_priority = -float("inf")
+        self._urgent: deque[_Job] = deque()  # priority jobs with items still waiting, round-robin
         self._jobs: deque[_Job] = deque()  # jobs with items still waiting, in round-robin order
         self._live: set[_Job] = set()        # every job not yet answered (waiting or in a running batch)
         self._wakeup: asyncio.Event | None = None
@@ -96,6 +107,7 @@ class Batcher:
             if not job.future.done():
                 job.future.set_exception(BatcherStopped(f"{self.name} is shutting down"))
         self._jobs.clear()
+        self._urgent.clear()
         self.depth = 0
         self._executor.shutdown(wait=True)
 
@@ -151,8 +163,10 @@ class Batcher:
                 n += 1
         return n
 
-    async def submit(self, items: Sequence[Any], timeout: float | None = None) -> list[Any]:
+    async def submit(self, items: Sequence[Any], timeout: float | None = None, priority: bool = False
+                     ) -> list[Any]:
         """Results for ``items`` in order. Raises QueueFull, TimeoutError, BatcherStopped or process' error.
+        ``priority``: served before the other jobs, in batches of their own (see the module doc).
 
         A job larger than the whole queue is still admitted into an empty queue, so the item limit
         bounds memory without making long (but allowed) recordings unservable.
@@ -164,9 +178,14 @@ class Batcher:
         if self.depth and self.depth + len(items) > self.max_queue_size:
             raise QueueFull(f"{self.name} queue is full ({self.depth} items waiting)", self._drain_seconds())
         deadline = float("inf") if timeout is None else time.monotonic() + timeout
-        self._admit(len(items), deadline)
-        job = _Job(items, asyncio.get_running_loop().create_future(), deadline)
-        self._jobs.append(job)
+        if not priority:
+            self._admit(len(items), deadline)
+        job = _Job(items, asyncio.get_running_loop().create_future(), deadline, priority)
+        if priority:
+            self._last_priority = time.monotonic()
+            self._urgent.append(job)
+        else:
+            self._jobs.append(job)
         self._live.add(job)
         self.depth += len(items)
         self._wakeup.set()
@@ -181,17 +200,24 @@ class Batcher:
             job.next = len(job.items)
 
     def _take(self) -> list[tuple[_Job, int]]:
-        """Up to max_batch_size items, one per job in turn."""
+        """Up to max_batch_size items, one per job in turn; priority jobs first and on their own."""
         batch: list[tuple[_Job, int]] = []
-        while len(batch) < self.max_batch_size and self._jobs:
-            job = self._jobs[0]
-            if job.cancelled or job.waiting == 0:
-                self._jobs.popleft()
-                continue
-            batch.append((job, job.next))
-            job.next += 1
-            self.depth -= 1
-            self._jobs.rotate(-1)
+        limit = self.max_batch_size
+        for jobs in (self._urgent, self._jobs):
+            if batch:
+                break
+            if jobs is self._jobs and self.busy_batch_size and \
+                    time.monotonic() - self._last_priority < PRIORITY_RECENT_S:
+                limit = min(limit, self.busy_batch_size)
+            while len(batch) < limit and jobs:
+                job = jobs[0]
+                if job.cancelled or job.waiting == 0:
+                    jobs.popleft()
+                    continue
+                batch.append((job, job.next))
+                job.next += 1
+                self.depth -= 1
+                jobs.rotate(-1)
         return batch
 
     async def _run(self) -> None:
@@ -223,7 +249,8 @@ class Batcher:
                         job.future.set_exception(e)
                 continue
             seconds = time.perf_counter() - t0
-            if len(batch) == self.max_batch_size or self.depth:  # per-item cost under load, not of a lone item
+            if (len(batch) == self.max_batch_size or self.depth) and not batch[0][0].priority:
+                # per-item cost under load, not of a lone item; priority (stream) items are other, smaller work
                 per_item = seconds / len(batch)
                 self.item_seconds = (per_item if self.item_seconds is None
                                      else 0.8 * self.item_seconds + 0.2 * per_item)

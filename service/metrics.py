@@ -31,6 +31,20 @@ class Metrics:
         self.rejected = Counter("dcn_rejected", "requests not served: queue_full, timeout, disconnected",
                                 ["model", "reason"], registry=r)
         self.ready = Gauge("dcn_ready", "1 when all models are loaded and warmed up", registry=r)
+        # live transcription (WebSocket /transcribe/stream)
+        self.streams_active = Gauge("dcn_streams_active", "live transcription streams open", registry=r)
+        self.streams = Counter("dcn_streams", "live streams ended, by outcome: completed, idle, max_duration, "
+                               "shutdown, too_many, not_ready, bad_header, bad_audio, bad_message, overloaded, "
+                               "disconnected, error", ["outcome"], registry=r)
+        self.stream_audio_seconds = Counter("dcn_stream_audio_seconds", "seconds of audio received by live streams",
+                                            registry=r)
+        self.stream_latency = Histogram("dcn_stream_frame_latency_seconds",
+                                        "live streams: from the arrival of a frame's centre sample to its frame "
+                                        "being sent", buckets=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1,
+                                                               2, 5), registry=r)
+        self.stream_throttled_seconds = Counter("dcn_stream_throttled_seconds",
+                                                "seconds live streams were paused for sending faster than real "
+                                                "time beyond the margin (back-pressure)", registry=r)
         self._recent: dict[str, deque[tuple[float, int]]] = {}
 
     def watch_model(self, model: str, depth: Callable[[], float]) -> Callable[[int, float], None]:

@@ -5,6 +5,7 @@ The service talks to models only through here, and to them only through ``models
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from models.checkpoint import CheckpointError, count_parameters, file_sha256, lo
 from .decode import DecodeError, StopCheck, decode_audio_ex, decode_image
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("service")
 # Keys of a checkpoint's metrics that describe the training machine, not the model: never shown by /models.
 PRIVATE_KEYS = {"command", "data", "dataset", "out", "cache_dir", "hardware", "git_commit"}
 
@@ -30,6 +32,10 @@ def _classify(model: nn.Module, images: torch.Tensor, flip_tta: bool) -> torch.T
 
 def _guess_task(model: nn.Module) -> str:
     return "transcription" if hasattr(model, "sample_rate") and hasattr(model, "pitches") else "image-classification"
+
+
+def _task_evidence(task: str) -> str:
+    return "a sample_rate and pitches" if task == "transcription" else "no sample_rate or pitches"
 
 
 def _load(path: Path, device: torch.device, task: str, env: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -46,6 +52,9 @@ def _load(path: Path, device: torch.device, task: str, env: str) -> tuple[nn.Mod
     if found != task:
         how = "" if meta.get("task") else " (no 'task' in its meta; its architecture looks like one)"
         raise CheckpointError(f"{env}: {path} is a {found!r} checkpoint{how}, expected {task!r}")
+    if not meta.get("task"):  # inferred from the model: say so, once
+        log.warning("%s: %s has no 'task' in its meta; serving it as %r (its architecture %r has %s)", env, path,
+                    task, meta.get("arch"), _task_evidence(task))
     return model, meta
 
 
@@ -125,12 +134,17 @@ class TranscriberRunner(_Runner):
     def __init__(self, path: str | Path, device: torch.device) -> None:
         super().__init__(path, device, "DCN_TRANSCRIBER_CHECKPOINT")
         m = self.model
-        self.sample_rate, self.hop_length = int(m.sample_rate), int(m.hop_length)
-        self.pitches = np.asarray(m.pitches, dtype=np.int64)
-        self.frame_rate = self.sample_rate / self.hop_length
-        self.window_samples = tr.window_samples(m)
-        self.heads = tr.heads(m)
-        self.decoding = decoding_defaults(m, self.meta)
+        try:
+            self.sample_rate, self.hop_length = int(m.sample_rate), int(m.hop_length)
+            self.pitches = np.asarray(m.pitches, dtype=np.int64)
+            self.frame_rate = self.sample_rate / self.hop_length
+            self.window_samples = tr.window_samples(m)
+            self.heads = tr.heads(m)
+            self.decoding = decoding_defaults(m, self.meta)
+        except Exception as e:  # noqa: BLE001 - a model that lacks part of the transcriber API: one line
+            raise CheckpointError(f"DCN_TRANSCRIBER_CHECKPOINT: {self.path}: not a usable transcriber "
+                                  f"({type(e).__name__}: {e})") from None
+        self.window_models: dict[int, nn.Module] = {}
 
     def decode(self, data: bytes, max_seconds: float, should_stop: StopCheck | None = None
                ) -> tuple[torch.Tensor, int, float]:
@@ -149,10 +163,25 @@ class TranscriberRunner(_Runner):
         windows, n_frames = tr.cut_windows(self.model, mono)
         return windows, n_frames, duration
 
+    def add_window_model(self, model: nn.Module) -> None:
+        """Serve windows of ``tr.window_samples(model)`` samples with ``model`` too (the live streams' copy with
+        fewer frames per window); batches may mix both sizes."""
+        self.window_models[tr.window_samples(model)] = model
+
     @torch.inference_mode()
     def predict(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Batcher ``process``: audio windows (from any requests) -> (frames_per_window, P, heads) probabilities."""
-        return list(tr.predict_windows(self.model, torch.stack(windows)).cpu())
+        """Batcher ``process``: audio windows (from any requests) -> (frames_per_window, P, heads) probabilities.
+        Windows of another length than the model's go to the model added for that length."""
+        sizes = {w.numel() for w in windows}
+        if sizes == {self.window_samples} or not self.window_models:
+            return list(tr.predict_windows(self.model, torch.stack(windows)).cpu())
+        out: list[torch.Tensor | None] = [None] * len(windows)
+        for size in sizes:
+            idx = [i for i, w in enumerate(windows) if w.numel() == size]
+            model = self.model if size == self.window_samples else self.window_models[size]
+            for i, p in zip(idx, tr.predict_windows(model, torch.stack([windows[i] for i in idx])).cpu()):
+                out[i] = p
+        return out  # type: ignore[return-value]
 
     def stitch(self, window_probs: list[torch.Tensor], n_frames: int) -> tr.Transcription:
         probs = tr.stitch_windows(torch.stack(window_probs), n_frames).numpy()

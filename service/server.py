@@ -67,10 +67,13 @@ class GuardedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self.conn.their_state is h11.IDLE:
             self._arm_head_timer()
+            before = self._head_bytes - len(self._tail)  # bytes of this head before ``window``
             self._head_bytes += len(data)
             window, self._tail = self._tail + data, data[-3:]
-            # over the limit with no end of head in sight (a chunk that ends the head may also carry a body)
-            if self._head_bytes > self.max_header_bytes and b"\r\n\r\n" not in window:
+            # the head's size: up to its end when this chunk ends it (the rest of the chunk may be a body)
+            end = window.find(b"\r\n\r\n")
+            head = self._head_bytes if end < 0 else before + end + 4
+            if head > self.max_header_bytes:
                 self._disarm_head_timer()
                 self.transport.write(_raw_response(431, "Request Header Fields Too Large",
                                                    f"request head over {self.max_header_bytes} bytes"))
@@ -102,6 +105,7 @@ def uvicorn_config(app: Any, settings: Settings, host: str | None = None, port: 
         "host": settings.host if host is None else host, "port": settings.port if port is None else port,
         "http": protocol_for(settings), "h11_max_incomplete_event_size": settings.max_header_bytes + 8192,
         "timeout_keep_alive": settings.keep_alive_timeout_s, "limit_concurrency": settings.max_connections,
+        "ws_max_size": settings.stream_max_message_bytes,  # WebSocket /transcribe/stream: 1009 beyond
         # our own drain (GracefulServer) runs the grace period; this is only the last wait after it
         "timeout_graceful_shutdown": 5, "log_level": settings.log_level.lower(), "lifespan": "on"}
     options.update(overrides)

@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     # Models
     classifier_checkpoint: Path = Field(CHECKPOINT_DIR / "cifar10_complex.pt",
                                         description="checkpoint served at /classify")
-    transcriber_checkpoint: Path = Field(CHECKPOINT_DIR / "musicnet_complex.pt",
+    transcriber_checkpoint: Path = Field(CHECKPOINT_DIR / "musicnet_complex_v2.pt",
                                          description="checkpoint served at /transcribe")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
     classify_tta: bool = Field(True, description="average each image with its mirror image (as the model card's "
@@ -48,6 +48,24 @@ class Settings(BaseSettings):
     decode_concurrency: int = Field(2, ge=1, description="uploads decoded at once (a thread pool); the others "
                                                          "wait, within their deadline. Bounds decode memory")
     max_audio_seconds: float = Field(600.0, gt=0, description="recording length per /transcribe request (413)")
+
+    # Live transcription (WebSocket /transcribe/stream)
+    stream_max_concurrent: int = Field(16, ge=0, description="open live streams; more are closed at once (1013)")
+    stream_block_frames: int = Field(10, ge=1, description="frames per streamed block (latency vs CPU); a divisor "
+                                                           "of the model's frames_per_window, the nearest below")
+    stream_max_seconds: float = Field(3600.0, gt=0, description="audio per stream; then flushed, summary, closed "
+                                                                "(1008)")
+    stream_idle_timeout_s: float = Field(10.0, gt=0, description="no message (header or audio) for this long: "
+                                                                 "flushed, summary, closed (1008)")
+    stream_realtime_margin_s: float = Field(1.0, ge=0, description="how far a client may send ahead of real time; "
+                                                                   "beyond it the server stops reading for a while "
+                                                                   "(back-pressure)")
+    stream_max_backlog_s: float = Field(5.0, gt=0, description="audio received but not yet transcribed; beyond it "
+                                                               "the stream is closed as overloaded (1013)")
+    stream_max_message_bytes: int = Field(1 << 20, ge=4096, description="one WebSocket message (1009 beyond)")
+    stream_upload_batch_size: int = Field(1, ge=1, description="upload windows per forward pass while live streams "
+                                                               "are open (stream windows go first, on their own): "
+                                                               "bounds how long a stream waits behind uploads")
 
     # Connections (python -m service; uvicorn with the h11 parser)
     max_header_bytes: int = Field(16_384, ge=1024, description="request line + headers; over it: 431, closed")
