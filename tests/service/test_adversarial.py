@@ -24,7 +24,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
+from models.checkpoint import register_architecture
 from service.app import create_app
 from service.server import GracefulServer, uvicorn_config
 from service.settings import Settings
@@ -218,6 +220,16 @@ def test_huge_and_many_headers(server):
     reply = _read_all(s)
     s.close()
     assert reply.startswith(b"HTTP/1.1 431") and b"limit is 100" in reply, reply[:200]
+    for size in (20_000, 60_000):  # a whole head over the limit in one chunk, its end included: 431 too
+        s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+        reply = _read_all(s)
+        s.close()
+        assert reply.startswith(b"HTTP/1.1 431"), reply[:100]
+    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Ok: " + b"a" * 15_000
+               + b"\r\n\r\n")
+    reply = _read_all(s)  # just under the limit
+    s.close()
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:100]
     assert _ready(url) == 200
 
 
@@ -388,18 +400,61 @@ def test_startup_errors_are_one_line(checkpoints, tmp_path):
                                {"num_classes": 3}, {"task": "image-classification"})
     m = TinyTranscriber()
     no_task = save_checkpoint(tmp_path / "no_task.pt", m, "test_tiny_transcriber", {}, {})
+    no_task_cls = save_checkpoint(tmp_path / "no_task_cls.pt", TinyClassifier(), "test_tiny_classifier",
+                                  {"num_classes": 3}, {"class_names": ["a", "b", "c"]})
     bad_cfg = save_checkpoint(tmp_path / "bad_cfg.pt", TinyClassifier(), "test_tiny_classifier",
                               {"num_classes": 3, "nope": 1}, {"task": "image-classification", "class_names": ["a"]})
     code = "import tests.service.tiny_models; from service.__main__ import main; main()"
     cases = [({"DCN_CLASSIFIER_CHECKPOINT": str(no_names)}, "has no class_names"),
              ({"DCN_CLASSIFIER_CHECKPOINT": str(no_task)}, "is a 'transcription' checkpoint (no 'task'"),
              ({"DCN_CLASSIFIER_CHECKPOINT": str(bad_cfg)}, "config does not fit its architecture"),
-             ({"DCN_CLASSIFIER_CHECKPOINT": str(tmp_path / "missing.pt")}, "checkpoint not found")]
+             ({"DCN_CLASSIFIER_CHECKPOINT": str(tmp_path / "missing.pt")}, "checkpoint not found"),
+             ({"DCN_TRANSCRIBER_CHECKPOINT": str(no_task_cls)},
+              f"DCN_TRANSCRIBER_CHECKPOINT: {no_task_cls} is a 'image-classification' checkpoint (no 'task'")]
     for env, words in cases:
-        env = {**os.environ, "DCN_TRANSCRIBER_CHECKPOINT": str(checkpoints[1]), "DCN_WARMUP": "false", **env}
+        env = {**os.environ, "DCN_CLASSIFIER_CHECKPOINT": str(checkpoints[0]),
+               "DCN_TRANSCRIBER_CHECKPOINT": str(checkpoints[1]), "DCN_WARMUP": "false", **env}
         proc = subprocess.run([sys.executable, "-c", code, "--port", str(free_port())], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode != 0
         assert words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
         assert len(errors) <= 2, proc.stderr  # our line and uvicorn's "Application startup failed. Exiting."
+
+
+@register_architecture("test_half_transcriber")
+class HalfTranscriber(torch.nn.Module):
+    """A sample_rate and pitches (so it looks like a transcriber), but no hop_length or window geometry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sample_rate, self.pitches = 8000, [60, 61]
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+
+def test_transcriber_without_task_is_inferred_and_logged_once(tmp_path, caplog):
+    """A transcriber checkpoint without meta['task'] in the transcriber slot: its architecture says what it is
+    (a sample_rate and pitches), so it is served, with one warning line naming the setting and the file; a model
+    with only part of the transcriber API is refused in one line."""
+    import logging
+
+    from models.checkpoint import CheckpointError, save_checkpoint
+    from service.runners import TranscriberRunner
+
+    from .tiny_models import TinyTranscriber
+    path = save_checkpoint(tmp_path / "no_task.pt", TinyTranscriber(), "test_tiny_transcriber", {}, {})
+    with caplog.at_level(logging.INFO, logger="service"):
+        runner = TranscriberRunner(path, torch.device("cpu"))
+    assert runner.task == "transcription" and runner.sample_rate == 8000
+    lines = [r.getMessage() for r in caplog.records if r.name == "service"]
+    assert len(lines) == 1 and caplog.records[0].levelno == logging.WARNING, lines
+    assert lines[0].startswith(f"DCN_TRANSCRIBER_CHECKPOINT: {path} has no 'task' in its meta; serving it as "
+                               f"'transcription'"), lines
+    assert "\n" not in lines[0]
+
+    half = save_checkpoint(tmp_path / "half.pt", HalfTranscriber(), "test_half_transcriber", {}, {})
+    with pytest.raises(CheckpointError) as info:
+        TranscriberRunner(half, torch.device("cpu"))
+    message = str(info.value)
+    assert message.startswith(f"DCN_TRANSCRIBER_CHECKPOINT: {half}: not a usable transcriber (AttributeError")
+    assert "\n" not in message
