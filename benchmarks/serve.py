@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = (ROOT / "models" / "checkpoints" / "cifar10_complex.pt", ROOT / "models" / "checkpoints" / "musicnet_complex.pt")
+SHIPPED = (ROOT / "models" / "checkpoints" / "cifar10_complex.pt", ROOT / "models" / "checkpoints" / "musicnet_complex_v2.pt")
 
 
 def tiny_checkpoints(folder: Path) -> tuple[Path, Path]:

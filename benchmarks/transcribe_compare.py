@@ -69,7 +69,7 @@ from models.checkpoint import load_checkpoint
 from models.transcription import decode_notes, decoding_defaults, transcribe
 from training.data.musicnet import MUSICNET_RATE, Labels
 
-DEFAULT_CHECKPOINT = "models/checkpoints/musicnet_complex.pt"
+DEFAULT_CHECKPOINT = "models/checkpoints/musicnet_complex_v2.pt"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PITCH_LO, PITCH_HI = 21, 108
 SYSTEMS = ("project", "basic_pitch")

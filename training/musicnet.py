@@ -36,7 +36,7 @@ from training.transcribe import add_arguments as add_transcribe_arguments
 from training.transcribe import load_audio, transcribe_file  # noqa: F401 - moved there, importable here
 from training.transcribe import run as run_transcribe
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex.pt"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex_v2.pt"
 DEFAULT_DATA = "/work/data/musicnet-rendered"
 
 # The authors' split (musicnet/musicnet/dataset.py, MusicNet.splits): three test recordings from test_data/ and
@@ -91,6 +91,7 @@ class TrainConfig:
     warmup: int = 200
     augment: bool = True
     pitch_shift: int = 12                        # max semitones of pitch-shift augmentation (0 = off)
+    onset_spread: int = 1                        # onset targets: the nearest frame and this many either side
     sampling: str = "duration"                   # or "per_recording": the paper's one window per recording per batch
     #                                              or "authors": every training recording once per batch, in order,
     #                                              windows wholly inside the recording, label at the window centre
@@ -153,7 +154,8 @@ class CropSampler:
         source_pitches = [p - k for p in self.pitches]
         y = self.ds.labels_at(index, positions, source_pitches)
         if "onset" in self.heads:  # targets (frames, pitches, heads) in the model's head order
-            y = np.stack([y if h == "frame" else self.ds.onsets_at(index, positions, source_pitches, self.hop * rate / 2)
+            y = np.stack([y if h == "frame" else self.ds.onsets_at(index, positions, source_pitches, self.hop * rate / 2,
+                                                                    self.cfg.onset_spread)
                           for h in self.heads], axis=-1)
         if self.cfg.augment:
             x = degrade(x, self.sr, self.rng)
@@ -522,8 +524,9 @@ def calibrate(checkpoint: str, data: str, split: str = "val", out: str | None = 
             targets = np.concatenate([t for _, t, *_ in preds])
         else:
             probs = np.concatenate([getattr(tr, h + "s") for tr, *_ in preds])
+            spread = int(meta.get("train_config", {}).get("onset_spread", 0))  # the targets it was trained on
             targets = np.concatenate([ds.onsets_at(i, np.round(tr.times * ds.sample_rate).astype(np.int64), model.pitches,
-                                                   model.hop_length / 2) for i, (tr, *_) in enumerate(preds)])
+                                                   model.hop_length / 2, spread) for i, (tr, *_) in enumerate(preds)])
         fits.append(fit_platt(probs, targets))
     old = model.calibration.detach().double().numpy()
     new = np.array([[a * o[0], a * o[1] + b] for (a, b), o in zip(fits, old)])
@@ -567,7 +570,7 @@ def train_config_from_args(a: argparse.Namespace) -> TrainConfig:
     """TrainConfig defaults, then the preset's values, then every flag given on the command line."""
     values = dict(PRESETS[a.preset]) if getattr(a, "preset", None) else {}
     for name in ("arch", "steps", "batch_size", "warmup", "seed", "threads", "log_every", "eval_every", "eval_files",
-                 "rescan_every", "workers", "pitch_shift", "steps_per_epoch", "minutes", "lr", "weight_decay",
+                 "rescan_every", "workers", "pitch_shift", "onset_spread", "steps_per_epoch", "minutes", "lr", "weight_decay",
                  "clip_norm", "sampling", "optimizer", "schedule"):
         if getattr(a, name, None) is not None:
             values[name] = getattr(a, name)
@@ -594,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
                             "musicnet_shallow_complex", "musicnet_shallow_real"])
     t.add_argument("--model-config", default="{}", help="JSON constructor kwargs, e.g. '{\"channels\": 16}'")
     for name in ("steps", "batch_size", "warmup", "seed", "threads", "log_every", "eval_every", "eval_files",
-                 "rescan_every", "workers", "pitch_shift", "steps_per_epoch"):
+                 "rescan_every", "workers", "pitch_shift", "onset_spread", "steps_per_epoch"):
         t.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"default {getattr(d, name)}")
     for name in ("minutes", "lr", "weight_decay", "clip_norm"):
         t.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=f"default {getattr(d, name)}")

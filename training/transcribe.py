@@ -28,7 +28,7 @@ from models.checkpoint import load_checkpoint
 from models.transcription import (DEFAULT_DECODING, Transcription, decode_notes, decoding_defaults, heads,
                                   notes_to_csv, notes_to_midi, transcribe)
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex.pt"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex_v2.pt"
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 FORMATS = {"mid": ".mid", "midi": ".mid", "npz": ".npz", "csv": ".csv"}
 

@@ -118,3 +118,20 @@ def test_onset_decoding_bridges_short_dips_and_merges_double_peaks():
     notes = notes_from_onsets(onsets, frames, times, np.array([60, 61, 62]), 0.5, 0.5)
     assert [(n["pitch"], n["offset"]) for n in notes] == [(60, 0.99), (61, 1.39)]
     assert notes[0]["onset"] == pytest.approx(0.2, abs=0.01) and notes[1]["onset"] == pytest.approx(1.2)
+
+
+def test_folded_weights_are_cached_and_refreshed_when_weights_change():
+    torch.manual_seed(0)
+    m = build_model("complex_note_transcriber", TINY).eval()
+    x = torch.randn(1, window_samples(m)) * 0.1
+    with torch.no_grad():
+        first = m(x)
+        torch.testing.assert_close(m(x), first)  # served from the cache
+        other = build_model("complex_note_transcriber", TINY)
+        m.load_state_dict(other.state_dict())      # new weights: the cache must not serve the old ones
+        fresh = build_model("complex_note_transcriber", TINY).eval()
+        fresh.load_state_dict(other.state_dict())
+        torch.testing.assert_close(m(x), fresh(x))
+        m.semitone[1].running_mean.add_(0.5)        # an in-place change of a BN statistic
+        fresh.semitone[1].running_mean.add_(0.5)
+        torch.testing.assert_close(m(x), fresh(x))

@@ -73,9 +73,11 @@ class Labels:
                 out[order[a:b], column[p]] = 1.0
         return out
 
-    def onsets(self, positions: np.ndarray, pitches: list[int] | np.ndarray, half_width: int) -> np.ndarray:
+    def onsets(self, positions: np.ndarray, pitches: list[int] | np.ndarray, half_width: int,
+               spread: int = 0) -> np.ndarray:
         """(len(positions), len(pitches)) float32 0/1: a note of the pitch starts within ``half_width``
-        samples of the position (frame centres, ascending), marked at the nearest position only."""
+        samples of the position (frame centres, ascending), marked at the nearest position and at ``spread``
+        positions either side of it (a target as wide as the uncertainty of where an attack is heard)."""
         positions = np.asarray(positions, dtype=np.int64)
         pitches = np.asarray(pitches, dtype=np.int64)
         out = np.zeros((len(positions), len(pitches)), dtype=np.float32)
@@ -89,7 +91,10 @@ class Labels:
         k = np.clip(np.searchsorted(positions, starts), 1, len(positions) - 1)
         k = np.where(np.abs(positions[k - 1] - starts) <= np.abs(positions[k] - starts), k - 1, k)
         ok = (np.abs(positions[k] - starts) <= half_width) & (notes >= 0) & (column[np.maximum(notes, 0)] >= 0)
-        out[k[ok], column[notes[ok]]] = 1.0
+        for d in range(-spread, spread + 1):
+            rows = k[ok] + d
+            inside = (rows >= 0) & (rows < len(positions))
+            out[rows[inside], column[notes[ok]][inside]] = 1.0
         return out
 
     def notes(self, rate: int = MUSICNET_RATE) -> tuple[np.ndarray, np.ndarray]:
@@ -179,10 +184,11 @@ class MusicNet:
     def labels_at(self, index: int, positions: np.ndarray, pitches: list[int]) -> np.ndarray:
         return self.recordings[index].labels.active(self.to_label_samples(positions), pitches)
 
-    def onsets_at(self, index: int, positions: np.ndarray, pitches: list[int], half_width: float) -> np.ndarray:
+    def onsets_at(self, index: int, positions: np.ndarray, pitches: list[int], half_width: float,
+                  spread: int = 0) -> np.ndarray:
         """Onset roll at model-rate frame centres; ``half_width`` in model-rate samples (half a hop)."""
         hw = int(round(half_width * self.label_rate / self.sample_rate))
-        return self.recordings[index].labels.onsets(self.to_label_samples(positions), pitches, hw)
+        return self.recordings[index].labels.onsets(self.to_label_samples(positions), pitches, hw, spread)
 
     def crop(self, index: int, start: int, length: int) -> np.ndarray:
         """float32 audio [start, start + length) at the model rate; zeros outside the recording."""
