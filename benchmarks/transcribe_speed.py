@@ -2,7 +2,7 @@
 
     python -m benchmarks.transcribe_speed [--checkpoint models/checkpoints/musicnet_complex.pt]
         [--arch complex_frame_transcriber|musicnet_paper_complex|musicnet_paper_real] [--seconds 180]
-        [--threads 2] [--runs 5] [--device cpu|cuda] [--batch-size 16]
+        [--threads 2] [--runs 5] [--device cpu|cuda] [--batch-size N (default: 4 on CPU, 16 on GPU)]
 
 Times the whole public path, models.transcription.transcribe(): 44.1 kHz stereo in (so resampling
 and down-mixing count), probabilities for every frame out. The input is a synthetic 3-minute
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seconds", type=float, default=180.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--write-meta", action="store_true", help="store the result under meta['speed'] of --checkpoint")
     ap.add_argument("--input-rate", type=int, default=44100, help="rate of the stereo test input (resampling counts)")
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     med = statistics.median(times)
     result = {"arch": arch, "audio_seconds": a.seconds, "frames": int(len(tr.times)), "runs": a.runs,
               "median_seconds": round(med, 3), "real_time_factor": round(a.seconds / med, 1),
-              "all_seconds": [round(t, 3) for t in times], "batch_size": a.batch_size, "input_rate": sr,
+              "all_seconds": [round(t, 3) for t in times], "batch_size": a.batch_size or "auto", "input_rate": sr,
               "hardware": hardware_string(device), "params": count_parameters(model)}
     print(json.dumps(result))
     if a.write_meta and a.checkpoint:

