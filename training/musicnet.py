@@ -504,9 +504,9 @@ def fit_platt(probabilities: np.ndarray, targets: np.ndarray, max_cells: int = 8
 
 
 def calibrate(checkpoint: str, data: str, split: str = "val", out: str | None = None, threads: int = 2,
-              onset_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
+              onset_grid: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
               frame_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6),
-              length_grid: tuple[float, ...] = (0.03, 0.06, 0.1)) -> dict:
+              length_grid: tuple[float, ...] = (0.04, 0.08)) -> dict:
     """Fit each head's logit calibration on a (realistic) validation split, then choose the note-decoding
     thresholds with the best note F1 (mean of onset-only and with-offset F1) there; both go into the
     checkpoint (``out``, default: in place), so the service's default thresholds are the calibrated ones."""
