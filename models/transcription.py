@@ -170,9 +170,11 @@ def notes_from_probabilities(probabilities: np.ndarray, times: np.ndarray, pitch
 DEFAULT_DECODING = {"onset_threshold": 0.5, "frame_threshold": 0.3, "min_note_length": 0.05}
 
 
-def decoding_defaults(model: nn.Module) -> dict:
-    """The model's calibrated note-decoding thresholds (stored in its checkpoint), else the generic ones."""
-    return {**DEFAULT_DECODING, **dict(getattr(model, "decoding", None) or {})}
+def decoding_defaults(model: nn.Module, meta: dict | None = None) -> dict:
+    """The model's calibrated note-decoding thresholds (stored in its checkpoint's config, so the model carries
+    them; a checkpoint that keeps them only in ``meta["decoding"]`` counts too), else the generic ones."""
+    calibrated = getattr(model, "decoding", None) or (meta or {}).get("decoding") or {}
+    return {**DEFAULT_DECODING, **dict(calibrated)}
 
 
 def notes_from_onsets(onsets: np.ndarray, frames: np.ndarray, times: np.ndarray, pitches: np.ndarray,

@@ -140,7 +140,7 @@ class TranscriberRunner(_Runner):
             self.frame_rate = self.sample_rate / self.hop_length
             self.window_samples = tr.window_samples(m)
             self.heads = tr.heads(m)
-            self.decoding = decoding_defaults(m, self.meta)
+            self.decoding = tr.decoding_defaults(m, self.meta)
         except Exception as e:  # noqa: BLE001 - a model that lacks part of the transcriber API: one line
             raise CheckpointError(f"DCN_TRANSCRIBER_CHECKPOINT: {self.path}: not a usable transcriber "
                                   f"({type(e).__name__}: {e})") from None
@@ -204,10 +204,3 @@ class TranscriberRunner(_Runner):
                 "window_seconds": self.window_samples / self.sample_rate, "heads": list(self.heads),
                 "decoding": dict(self.decoding)}
 
-
-def decoding_defaults(model: nn.Module, meta: dict[str, Any]) -> dict[str, float]:
-    """The model's calibrated thresholds (``models.transcription.decoding_defaults``); a checkpoint that keeps
-    them only in its meta (``meta["decoding"]``) is honoured too."""
-    if not getattr(model, "decoding", None) and meta.get("decoding"):
-        return {**tr.DEFAULT_DECODING, **meta["decoding"]}
-    return tr.decoding_defaults(model)

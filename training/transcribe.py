@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import load_checkpoint
-from models.transcription import (DEFAULT_DECODING, Transcription, decode_notes, decoding_defaults, heads,
+from models.transcription import (Transcription, decode_notes, decoding_defaults, heads,
                                   notes_to_csv, notes_to_midi, transcribe)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex_v2.pt"
@@ -58,10 +58,8 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def model_decoding(model: nn.Module, meta: dict) -> dict:
-    """The model's calibrated thresholds; a checkpoint that keeps them only in ``meta["decoding"]`` counts too."""
-    if not getattr(model, "decoding", None) and meta.get("decoding"):
-        return {**DEFAULT_DECODING, **meta["decoding"]}
-    return decoding_defaults(model)
+    """The model's calibrated thresholds (``models.transcription.decoding_defaults``)."""
+    return decoding_defaults(model, meta)
 
 
 def resolve_decoding(model: nn.Module, meta: dict, onset_threshold: float | None = None,
