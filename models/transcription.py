@@ -245,6 +245,23 @@ def notes_to_csv(notes: list[dict]) -> str:
                                                            for n in notes])
 
 
+def transcription_npz(tr: Transcription, notes: list[dict], duration: float, sample_rate: int, frame_rate: float,
+                      decoding: dict) -> bytes:
+    """A NumPy .npz archive (float32 arrays): times, pitches, probabilities (+ onsets), the notes as a record
+    array, duration, analysis sample and frame rate, and the decoding thresholds used. The service's format=npz
+    and the CLI's .npz output."""
+    note_array = np.array([(n["onset"], n["offset"], n["pitch"], n["confidence"]) for n in notes],
+                          dtype=[("onset", "f8"), ("offset", "f8"), ("pitch", "i8"), ("confidence", "f8")])
+    extra = {} if tr.onsets is None else {"onsets": tr.onsets}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, times=tr.times, pitches=tr.pitches, probabilities=tr.probabilities, **extra,
+                        notes=note_array, duration=np.float64(duration), sample_rate=np.int64(sample_rate),
+                        frame_rate=np.float64(frame_rate),
+                        **{k: np.float64(decoding[k]) for k in ("onset_threshold", "frame_threshold",
+                                                                "min_note_length")})
+    return buf.getvalue()
+
+
 def notes_to_midi(notes: list[dict], program: int = 0, ticks_per_beat: int = 480, tempo_bpm: float = 120.0) -> bytes:
     """A Standard MIDI File (type 0) of the note events; velocity follows confidence."""
     import mido

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import json
 import logging
 import math
@@ -35,7 +34,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.checkpoint import resolve_device
-from models.transcription import Transcription, notes_to_csv, notes_to_midi
+from models.transcription import Transcription, notes_to_csv, notes_to_midi, transcription_npz
 
 from .batcher import Batcher, BatcherStopped, QueueFull
 from .decode import DecodeCancelled, DecodeError, open_image
@@ -459,20 +458,6 @@ def _transcription_json(name: str, duration: float, sample_rate: int, frame_rate
         raise NonFiniteOutput(str(e)) from None
 
 
-def _transcription_npz(duration: float, sample_rate: int, frame_rate: float, t: Transcription,
-                       decoding: dict, notes: list[dict]) -> bytes:
-    note_array = np.array([(n["onset"], n["offset"], n["pitch"], n["confidence"]) for n in notes],
-                          dtype=[("onset", "f8"), ("offset", "f8"), ("pitch", "i8"), ("confidence", "f8")])
-    extra = {} if t.onsets is None else {"onsets": t.onsets}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, times=t.times, pitches=t.pitches, probabilities=t.probabilities, **extra,
-                        notes=note_array, duration=np.float64(duration), sample_rate=np.int64(sample_rate),
-                        frame_rate=np.float64(frame_rate),
-                        **{k: np.float64(decoding[k]) for k in ("onset_threshold", "frame_threshold",
-                                                                "min_note_length")})
-    return buf.getvalue()
-
-
 def _deadline(request: Request) -> float:
     deadline = time.monotonic() + request.app.state.service.settings.request_timeout_s
     request.scope[DEADLINE] = deadline
@@ -664,7 +649,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if format == "csv":
                 return notes_to_csv(notes).encode()
             if format == "npz":
-                return _transcription_npz(duration, runner.sample_rate, runner.frame_rate, t, decoding, notes)
+                return transcription_npz(t, notes, duration, runner.sample_rate, runner.frame_rate, decoding)
             return _transcription_json(runner.name, duration, runner.sample_rate, runner.frame_rate, t,
                                        decoding, notes)
 

@@ -13,7 +13,6 @@ the exit status is then 2. Thresholds left out take the model's calibrated defau
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -25,8 +24,16 @@ import torch
 from torch import nn
 
 from models.checkpoint import load_checkpoint
-from models.transcription import (Transcription, decode_notes, decoding_defaults, heads,
-                                  notes_to_csv, notes_to_midi, transcribe)
+from models.transcription import (
+    Transcription,
+    decode_notes,
+    decoding_defaults,
+    heads,
+    notes_to_csv,
+    notes_to_midi,
+    transcribe,
+    transcription_npz,
+)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex_v2.pt"
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
@@ -75,19 +82,6 @@ def resolve_decoding(model: nn.Module, meta: dict, onset_threshold: float | None
     return d
 
 
-def transcription_npz(tr: Transcription, notes: list[dict], duration: float, sample_rate: int,
-                      decoding: dict) -> bytes:
-    """The arrays of the service's format=npz: times, pitches, probabilities (+ onsets), notes, rates, thresholds."""
-    note_array = np.array([(n["onset"], n["offset"], n["pitch"], n["confidence"]) for n in notes],
-                          dtype=[("onset", "f8"), ("offset", "f8"), ("pitch", "i8"), ("confidence", "f8")])
-    extra = {} if tr.onsets is None else {"onsets": tr.onsets}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, times=tr.times, pitches=tr.pitches, probabilities=tr.probabilities, **extra,
-                        notes=note_array, duration=np.float64(duration), sample_rate=np.int64(sample_rate),
-                        frame_rate=np.float64(tr.frame_rate), **{k: np.float64(v) for k, v in decoding.items()})
-    return buf.getvalue()
-
-
 def write_outputs(outs: list[str | Path], tr: Transcription, notes: list[dict], duration: float,
                   sample_rate: int, decoding: dict) -> None:
     for out in outs:
@@ -96,7 +90,7 @@ def write_outputs(outs: list[str | Path], tr: Transcription, notes: list[dict], 
         if p.suffix in (".mid", ".midi"):
             p.write_bytes(notes_to_midi(notes))
         elif p.suffix == ".npz":
-            p.write_bytes(transcription_npz(tr, notes, duration, sample_rate, decoding))
+            p.write_bytes(transcription_npz(tr, notes, duration, sample_rate, tr.frame_rate, decoding))
         elif p.suffix == ".csv":
             p.write_text(notes_to_csv(notes))
         else:

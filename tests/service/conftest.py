@@ -86,6 +86,21 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def wait_ready(proc, url: str, timeout: float = 120.0) -> None:
+    """Poll ``url``/readyz until 200, failing with the server's output if the process dies or time runs out."""
+    import httpx
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "service did not become ready"
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -31,7 +31,7 @@ from service.app import create_app
 from service.server import GracefulServer, uvicorn_config
 from service.settings import Settings
 
-from .conftest import audio_bytes, free_port, image_bytes, metric, settings_for, tone
+from .conftest import audio_bytes, free_port, image_bytes, metric, settings_for, tone, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 MB = 2**20
@@ -353,16 +353,7 @@ def test_sigterm_under_load(slow_checkpoints):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "service did not become ready"
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_ready(proc, url)
         long = audio_bytes(tone(seconds=30, sr=8000), sr=8000)  # 120 windows x 0.05 s: 6 s, over the grace
         with httpx.Client(base_url=url, timeout=30) as c, ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(c.post, "/transcribe?format=csv", files={"file": ("long.wav", long)})

@@ -15,7 +15,7 @@ import httpx
 
 from service.app import create_app
 
-from .conftest import audio_bytes, free_port, image_bytes, metric, serve, settings_for
+from .conftest import audio_bytes, free_port, image_bytes, metric, serve, settings_for, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,16 +106,7 @@ def test_python_m_service_serves(checkpoints):
            "DCN_CLASSIFY_MAX_BATCH_SIZE": "4"}
     proc = _python_m_service(env, port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "service did not become ready"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_ready(proc, f"http://127.0.0.1:{port}")
         r = httpx.post(f"http://127.0.0.1:{port}/classify", files={"file": ("x.bmp", image_bytes("BMP", (0, 0, 255)))})
         assert r.json()["results"][0]["label"] == "blue"
     finally:
