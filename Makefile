@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:  `make serve`  and  `make test`.
 # Each creates .venv when missing. torch is pinned to 2.13.0, the CPU wheel on the development
-# machines (other versions download gigabytes).
+# machines (other versions download gigabytes). Every install uses constraints.txt, the exact versions
+# the Dockerfile installs too (regenerate: .venv/bin/python scripts/update-constraints.py).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,12 +12,12 @@ PORT ?= 8000
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[train,dev]'
-	$(PY) -m pip install --quiet --no-deps 'basic-pitch==0.4.0' 'resampy>=0.4.3,<0.5'
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps 'basic-pitch==0.4.0' 'resampy>=0.4.3,<0.5'
 	touch $@
 
 system-deps:
