@@ -9,24 +9,26 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import build_model
+from models.checkpoint import build_model, resolve_device
 from models.cifar import count_parameters, paper_resnet_config
-from models.checkpoint import resolve_device
 from training.loop import autocast, hardware_string
 
 
-def measure(arch: str, config: dict, batch_size: int, steps: int, device: torch.device, compile: bool = False) -> dict:
-    model = build_model(arch, config).to(device)
+def make_train_step(model: torch.nn.Module, batch_size: int, device: torch.device, compile: bool = False,
+                    label_smoothing: float = 0.0, weight_decay: float = 0.0) -> Callable[[], None]:
+    """One training step on fixed random data (forward + backward + SGD Nesterov), as training.cifar runs it:
+    bf16 autocast and channels_last on CUDA, fp32 on CPU."""
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     step_model = torch.compile(model) if compile else model
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     x = torch.rand(batch_size, 3, 32, 32, device=device)
     if cuda:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -34,10 +36,17 @@ def measure(arch: str, config: dict, batch_size: int, steps: int, device: torch.
 
     def step() -> None:
         with autocast(device):
-            loss = F.cross_entropy(step_model(x).float(), y)
+            loss = F.cross_entropy(step_model(x).float(), y, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    return step
+
+
+def measure(arch: str, config: dict, batch_size: int, steps: int, device: torch.device, compile: bool = False) -> dict:
+    model = build_model(arch, config).to(device)
+    cuda = device.type == "cuda"
+    step = make_train_step(model, batch_size, device, compile)
 
     t0 = time.perf_counter()
     for _ in range(3):  # warm-up (cudnn autotune, compile)
