@@ -301,7 +301,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
             "epochs": cfg.epochs,
         }
         path = save_checkpoint(cfg.save or out / "model.pt", model, cfg.arch, arch_config, meta)
-        log.log(event="final", checkpoint=str(path), **result)
+        log.log(event="final", checkpoint=str(path), hardware=meta["hardware"], **result)
         print(json.dumps({"event": "final", "checkpoint": str(path), **result}), flush=True)
     teardown(rt)
     return result

@@ -175,6 +175,9 @@ def test_authors_resnet_counts(variant, kind, cls):
     print(f"{variant} {kind} authors' topology: {measured:,}")
     assert measured == authors_resnet_count(cfg["width"], cfg["blocks_per_stage"], kind)
     assert len(model.blocks) == 3 * cfg["blocks_per_stage"]  # the projection block is one of each stage's n
+    if kind == "complex":  # the block count is the one nearest the paper's ~1.7M budget for this topology
+        w, n = cfg["width"], cfg["blocks_per_stage"]
+        assert abs(measured - 1.7e6) < min(abs(authors_resnet_count(w, m, kind) - 1.7e6) for m in (n - 1, n + 1))
 
 
 def test_authors_resnet_options():
