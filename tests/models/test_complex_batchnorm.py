@@ -191,6 +191,10 @@ def _inputs(shape, dtype, seed=1):
 
 
 _TOL = {torch.float32: {"rtol": 1e-4, "atol": 1e-5}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
+# Parameter gradients are sums over the whole batch of terms of size ~1-30 that largely cancel (a gamma gradient of
+# 0.12 from 64 terms of ~10): fp32 summation order alone (1 vs 2 threads) moves them by ~2e-5, so the absolute
+# tolerance follows the size of the terms, not of the result. A wrong formula is off by O(1).
+_GRAD_TOL = {torch.float32: {"rtol": 1e-4, "atol": 1e-4}, torch.float64: _TOL[torch.float64]}
 _CASES = [  # (module, input shape, options)
     (ComplexBatchNorm2d, (16, 8, 5, 6), {}),
     (ComplexBatchNorm2d, (32, 6, 4, 4), {"affine": False}),
@@ -210,11 +214,13 @@ def test_training_mode_matches_reference(cls, shape, opts, dtype):
         grad = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(10 + step))
         y_new, y_old = new(x_new), old(x_old)
         torch.testing.assert_close(y_new, y_old, **_TOL[dtype])
+        new.zero_grad()
+        old.zero_grad()
         y_new.backward(grad)
         y_old.backward(grad)
         torch.testing.assert_close(x_new.grad, x_old.grad, **_TOL[dtype])
         for (name, p_new), p_old in zip(new.named_parameters(), old.parameters()):
-            torch.testing.assert_close(p_new.grad, p_old.grad, **_TOL[dtype], msg=name)
+            torch.testing.assert_close(p_new.grad, p_old.grad, **_GRAD_TOL[dtype], msg=name)
     for (name, b_new), b_old in zip(new.named_buffers(), old.buffers()):
         torch.testing.assert_close(b_new, b_old, **_TOL[dtype], msg=name)
 
@@ -235,7 +241,7 @@ def test_eval_mode_matches_reference(dtype, grad_enabled):
         y_new.square().sum().backward()
         y_old.square().sum().backward()
         torch.testing.assert_close(x_new.grad, x_old.grad, **_TOL[dtype])
-        torch.testing.assert_close(new.gamma_ri.grad, old.gamma_ri.grad, **_TOL[dtype])
+        torch.testing.assert_close(new.gamma_ri.grad, old.gamma_ri.grad, **_GRAD_TOL[dtype])
 
 
 def test_gradient_layouts_and_channels_last():
