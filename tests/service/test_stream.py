@@ -2,6 +2,7 @@
 decoding == decode_notes, the protocol, and its limits (concurrency, idle, duration, back-pressure, bad input)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -33,6 +34,34 @@ def onset_ckpts(tmp_path_factory):
     cls, _ = make_checkpoints(folder)
     return cls, make_onset_checkpoint(folder, {"onset_threshold": 0.5, "frame_threshold": 0.3,
                                                "min_note_length": 0.05})
+
+
+@contextlib.contextmanager
+def _served(app):
+    """The app under the service's own uvicorn config on a free loopback port; yields the stream URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from service.server import uvicorn_config
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn_config(app, app.state.service.settings, "127.0.0.1", port, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"ws://127.0.0.1:{port}/transcribe/stream"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
 
 
 def _app(ckpts, **overrides):
@@ -342,29 +371,13 @@ def test_shutdown_flushes_and_closes_with_1001(onset_ckpts):
 
 def test_real_server_python_client_and_message_limit(onset_ckpts, tmp_path, capsys):
     """uvicorn's WebSocket path with the service's config (message size limit), and `python -m service.client`."""
-    import socket
-    import threading
-
-    import uvicorn
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     from service.client import main as client_main
-    from service.server import uvicorn_config
 
     app = _app(onset_ckpts, stream_max_message_bytes=8192)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, app.state.service.settings, "127.0.0.1", port, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    url = f"ws://127.0.0.1:{port}/transcribe/stream"
-    try:
+    with _served(app) as url:
         wav = tmp_path / "melody.wav"
         sf.write(wav, _melody(8000, 2.0), 8000, subtype="PCM_16")
         assert client_main(["stream", str(wav), "--url", url, "--fast", "--offs"]) == 0
@@ -378,10 +391,6 @@ def test_real_server_python_client_and_message_limit(onset_ckpts, tmp_path, caps
                 while True:
                     ws.recv(timeout=10)
             assert e.value.rcvd.code == 1009
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 def test_priority_jobs_go_first_and_cap_other_batches():
@@ -485,28 +494,12 @@ def test_client_that_goes_away_leaves_nothing_behind(onset_ckpts):
 
 
 def test_client_reads_a_wav_or_raw_pcm_from_stdin(onset_ckpts, monkeypatch, capsys):
-    import socket
     import sys
-    import threading
-
-    import uvicorn
 
     from service.client import main as client_main
-    from service.server import uvicorn_config
 
     app = _app(onset_ckpts)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, app.state.service.settings, "127.0.0.1", port, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    url = f"ws://127.0.0.1:{port}/transcribe/stream"
-    try:
+    with _served(app) as url:
         audio = _melody(8000, 2.0)
         wav = io.BytesIO()
         sf.write(wav, audio, 8000, format="WAV", subtype="PCM_16")
@@ -516,10 +509,6 @@ def test_client_reads_a_wav_or_raw_pcm_from_stdin(onset_ckpts, monkeypatch, caps
             lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
             assert lines[0]["type"] == "ready" and lines[-1]["type"] == "summary"
             assert len(lines[-1]["notes"]) == 36 and lines[-1]["duration"] == pytest.approx(2.0)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 def test_an_architecture_without_frames_per_window_streams_whole_windows():
