@@ -108,13 +108,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """A real uvicorn on a free loopback port, in a thread (so the test architectures are registered)."""
+def serve(app: FastAPI, service_config: bool = False) -> Iterator[str]:
+    """A real uvicorn on a free loopback port, in a thread (so the test architectures are registered).
+    ``service_config``: the service's own uvicorn settings (service.server: header/message limits, timeouts)."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    if service_config:
+        from service.server import uvicorn_config
+        config = uvicorn_config(app, app.state.service.settings, "127.0.0.1", port, log_level="warning")
+    else:
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -24,7 +24,7 @@ from service.app import create_app
 from service.decode import decode_audio_ex
 from service.stream import AudioInput, NoteTracker, StreamHeader, build_stream_model
 
-from .conftest import metric, settings_for
+from .conftest import metric, serve, settings_for
 from .tiny_models import make_checkpoints, make_onset_checkpoint
 
 
@@ -39,29 +39,8 @@ def onset_ckpts(tmp_path_factory):
 @contextlib.contextmanager
 def _served(app):
     """The app under the service's own uvicorn config on a free loopback port; yields the stream URL."""
-    import socket
-    import threading
-
-    import uvicorn
-
-    from service.server import uvicorn_config
-
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, app.state.service.settings, "127.0.0.1", port, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield f"ws://127.0.0.1:{port}/transcribe/stream"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with serve(app, service_config=True) as base:
+        yield base.replace("http://", "ws://") + "/transcribe/stream"
 
 
 def _app(ckpts, **overrides):
