@@ -22,7 +22,6 @@ import io
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.local_service import NotReady, free_port, process_alive, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = (ROOT / "models" / "checkpoints" / "cifar10_complex.pt", ROOT / "models" / "checkpoints" / "musicnet_complex_v2.pt")
@@ -123,31 +124,16 @@ def summarize(rounds: list[dict]) -> dict[str, float]:
             "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_service(env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"],
                             cwd=ROOT, env={**os.environ, **env})
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"service exited with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return proc, port
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit("service did not become ready")
-        time.sleep(0.3)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process_alive(proc), timeout=300)
+    except NotReady as e:
+        proc.kill()
+        raise SystemExit(str(e)) from None
+    return proc, port
 
 
 def hardware() -> str:

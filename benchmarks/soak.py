@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.local_service import NotReady, free_port, process_alive, wait_ready
+
 ROOT = Path(__file__).resolve().parent.parent
 CKPT = ROOT / "models" / "checkpoints"
 HOST = "127.0.0.1"  # loopback only, on purpose
@@ -214,14 +216,8 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def start_server(args: argparse.Namespace, log_path: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+    port = free_port(HOST)
     env = {**os.environ, "DCN_CLASSIFIER_CHECKPOINT": str(args.classifier),
            "DCN_TRANSCRIBER_CHECKPOINT": str(args.transcriber)}
     env.setdefault("DCN_SHUTDOWN_GRACE_S", "5")
@@ -234,19 +230,6 @@ def start_server(args: argparse.Namespace, log_path: Path) -> tuple[subprocess.P
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     return proc, port
-
-
-def wait_ready(proc: subprocess.Popen, port: int, timeout_s: float) -> bool:
-    import httpx
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"http://{HOST}:{port}/readyz", timeout=5).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    return False
 
 
 def stop_server(proc: subprocess.Popen, timeout_s: float = 30) -> int | None:
@@ -344,9 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: server pid {proc.pid} on {HOST}:{port}; {args.classifier.name} + {args.transcriber.name}; "
           f"{args.clients} client(s), {args.minutes:g} min, warm-up {warmup_s / 60:.2g} min", flush=True)
     try:
-        if not wait_ready(proc, port, args.startup_timeout):
-            print(f"soak: the server did not become ready in {args.startup_timeout:g} s (exit status "
-                  f"{proc.poll()}); its log:\n" + log_path.read_text()[-4000:], file=sys.stderr)
+        try:
+            wait_ready(f"http://{HOST}:{port}", process_alive(proc), args.startup_timeout, poll_s=0.5)
+        except NotReady as e:
+            print(f"soak: {e}; its log:\n" + log_path.read_text()[-4000:], file=sys.stderr)
             return 2
         startup_s = time.monotonic() - t_start
         records: list[tuple[float, str, str, float]] = []  # (t since traffic start, kind, status, seconds)

@@ -18,12 +18,13 @@ import asyncio
 import bisect
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from benchmarks.local_service import NotReady, free_port, process_alive, wait_ready
 
 
 def melody(sr: int, seconds: float) -> np.ndarray:
@@ -142,12 +143,6 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(port: int, cpus: str, checkpoint: str | None, block: int, max_streams: int,
                  torch_threads: int = 1) -> subprocess.Popen:
     env = {**os.environ, "DCN_TORCH_THREADS": str(torch_threads),
@@ -159,19 +154,12 @@ def start_server(port: int, cpus: str, checkpoint: str | None, block: int, max_s
     if cpus:
         cmd = ["taskset", "-c", cpus, *cmd]
     proc = subprocess.Popen(cmd, env=env)
-    import urllib.request
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the service exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.terminate()
-    raise SystemExit("the service did not become ready")
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process_alive(proc), timeout=180)
+    except NotReady as e:
+        proc.terminate()
+        raise SystemExit(str(e)) from None
+    return proc
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,6 @@ import os
 import pickle
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from benchmarks.local_service import free_port, wait_ready
 
 httpx = pytest.importorskip("httpx")
 
@@ -59,12 +60,6 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float, check: bool = True
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
     return proc
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _local_torch_wheels() -> Path | None:
@@ -164,21 +159,6 @@ def image(podman_env, base_image) -> str:
     return IMAGE
 
 
-def _wait_ready(url: str, alive, timeout: float = 300.0) -> float:
-    """Poll url/readyz until 200; seconds it took. ``alive()`` returns None while the container runs, else why not."""
-    t0 = time.monotonic()
-    while True:
-        why = alive()
-        assert why is None, why
-        assert time.monotonic() - t0 < timeout, f"{url} not ready after {timeout:.0f} s"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return time.monotonic() - t0
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-
-
 def _container_alive(env: dict[str, str], name: str):
     def alive() -> str | None:
         state = _run(["podman", "inspect", "--format", "{{.State.Status}}", name], env, 60, check=False).stdout.strip()
@@ -192,12 +172,12 @@ def _container_alive(env: dict[str, str], name: str):
 @pytest.fixture
 def container(podman_env, image):
     """The image running as the test's own container on a free loopback port; removed whatever happens."""
-    name, port = f"dcn-test-{RUN_ID}", _free_port()
+    name, port = f"dcn-test-{RUN_ID}", free_port()
     t0 = time.monotonic()
     try:
         _run(["podman", "run", "--detach", "--name", name, "--publish", f"127.0.0.1:{port}:8000",
               "--env", "DCN_DEVICE=cpu", image], podman_env, 120)
-        _wait_ready(f"http://127.0.0.1:{port}", _container_alive(podman_env, name))
+        wait_ready(f"http://127.0.0.1:{port}", _container_alive(podman_env, name))
         TIMINGS["start_to_ready_s"] = round(time.monotonic() - t0, 1)  # from `podman run`, model warm-up included
         yield name, f"http://127.0.0.1:{port}"
     finally:
@@ -312,7 +292,7 @@ def test_compose_up_with_the_cpu_override_and_down(podman_env, image, tmp_path):
     exe = shutil.which("podman-compose", path=str(Path(sys.executable).parent)) or shutil.which("podman-compose")
     if exe is None:
         _fail_or_skip("podman-compose is not installed (pip install -e '.[dev]')")
-    project, port = f"dcntest{RUN_ID}", _free_port()
+    project, port = f"dcntest{RUN_ID}", free_port()
     env = {**podman_env, "DCN_HOST_ADDRESS": "127.0.0.1", "DCN_HOST_PORT": str(port)}
     no_warmup = tmp_path / "no-warmup.yml"
     no_warmup.write_text('services:\n  dcn:\n    environment:\n      DCN_WARMUP: "false"\n')
@@ -330,7 +310,7 @@ def test_compose_up_with_the_cpu_override_and_down(podman_env, image, tmp_path):
         _run([*compose, "up", "--detach", "--no-build"], env, 300)
         names = _run(["podman", "ps", "--all", "--filter", label, "--format", "{{.Names}}"], env, 60).stdout.split()
         assert len(names) == 1, names
-        _wait_ready(f"http://127.0.0.1:{port}", _container_alive(env, names[0]))
+        wait_ready(f"http://127.0.0.1:{port}", _container_alive(env, names[0]))
         TIMINGS["compose_up_to_ready_s"] = round(time.monotonic() - t0, 1)
         inspect = json.loads(_run(["podman", "inspect", names[0]], env, 60).stdout)[0]
         environ = dict(e.split("=", 1) for e in inspect["Config"]["Env"])

@@ -22,6 +22,7 @@ with warnings.catch_warnings():  # starlette suggests httpx2 for its test client
     from fastapi.testclient import TestClient
 from PIL import Image
 
+from benchmarks import local_service
 from service.app import create_app
 from service.settings import Settings
 
@@ -88,23 +89,14 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 def wait_ready(proc, url: str, timeout: float = 120.0) -> None:
     """Poll ``url``/readyz until 200, failing with the server's output if the process dies or time runs out."""
-    import httpx
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "service did not become ready"
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
+    try:
+        local_service.wait_ready(url, local_service.process_alive(proc), timeout, poll_s=0.2)
+    except local_service.NotReady as e:
+        output = proc.stdout.read() if proc.poll() is not None and proc.stdout else ""  # a live pipe would block
+        raise AssertionError(f"{e}\n{output}") from None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = local_service.free_port
 
 
 @contextmanager

@@ -26,10 +26,7 @@ import json
 import math
 import os
 import shutil
-import socket
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +34,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.local_service import NotReady, free_port, wait_ready
 from models.checkpoint import ARCHITECTURES, register_architecture, save_checkpoint
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright (pip, dev extra) is needed")
@@ -163,12 +161,6 @@ def png(colour: tuple[int, int, int], size: int = 40) -> bytes:
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real uvicorn on 127.0.0.1 serving ``create_app`` with the test checkpoints; yields its base URL."""
@@ -180,25 +172,18 @@ def server(tmp_path_factory):
     cls, trn = make_test_checkpoints(tmp_path_factory.mktemp("demo-page-checkpoints"))
     settings = Settings(classifier_checkpoint=cls, transcriber_checkpoint=trn, device="cpu", warmup=False,
                         max_upload_bytes=UPLOAD_LIMIT, request_timeout_s=30)
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
                             lifespan="on")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, name="demo-page-uvicorn", daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            srv.should_exit = True
-            pytest.fail("the service did not become ready within 30 s")
-        time.sleep(0.1)
+    try:
+        wait_ready(base, lambda: None if thread.is_alive() else "the server thread stopped", timeout=30, poll_s=0.1)
+    except NotReady as e:
+        srv.should_exit = True
+        pytest.fail(str(e))
     yield base
     srv.should_exit = True
     thread.join(timeout=10)
