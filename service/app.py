@@ -34,7 +34,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.checkpoint import resolve_device
-from models.transcription import Transcription, notes_to_csv, notes_to_midi, transcription_npz
+from models.transcription import Transcription, notes_to_csv, notes_to_midi, round_list, transcription_npz
 
 from .batcher import Batcher, BatcherStopped, QueueFull
 from .decode import DecodeCancelled, DecodeError, open_image
@@ -439,18 +439,13 @@ class NonFiniteOutput(Exception):
     """The model produced NaN or infinite probabilities: never sent in a 200 (JSON has no NaN)."""
 
 
-def _short(values: np.ndarray, decimals: int) -> list:
-    """Rounded in float64, so ``json`` prints the short decimal (0.001), not float32's 0.0010000000474974513."""
-    return np.round(np.asarray(values, dtype=np.float64), decimals).tolist()
-
-
 def _transcription_json(name: str, duration: float, sample_rate: int, frame_rate: float, t: Transcription,
                         decoding: dict, notes: list[dict]) -> bytes:
     body = {"model": name, "duration": round(duration, TIME_DECIMALS), "sample_rate": sample_rate,
-            "frame_rate": frame_rate, "times": _short(t.times, TIME_DECIMALS), "pitches": t.pitches.tolist(),
-            "probabilities": _short(t.probabilities, PROBABILITY_DECIMALS)}
+            "frame_rate": frame_rate, "times": round_list(t.times, TIME_DECIMALS), "pitches": t.pitches.tolist(),
+            "probabilities": round_list(t.probabilities, PROBABILITY_DECIMALS)}
     if t.onsets is not None:
-        body["onsets"] = _short(t.onsets, PROBABILITY_DECIMALS)
+        body["onsets"] = round_list(t.onsets, PROBABILITY_DECIMALS)
     body.update(decoding=decoding, notes=notes)
     try:
         return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()

@@ -333,161 +333,7 @@ class AudioInput:
                 ).astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------- incremental decoding
-
-
-class NoteTracker:
-    """``models.transcription.decode_notes``, a frame at a time: the same notes, emitted as ``note_on`` once a
-    note is certain (its onset is a confirmed peak, or its run reached the onset threshold, and it is already
-    at least ``min_note_length`` long) and ``note_off`` once it has ended. Look-ahead: one frame for an onset
-    peak, ``max_gap + 1`` frames to end a note, ``min_note_length`` to start one."""
-
-    def __init__(self, pitches: np.ndarray, hop: int, sample_rate: int, decoding: dict[str, float],
-                 onset_head: bool, max_gap: int = 2, min_gap: int = 2) -> None:
-        self.pitches = np.asarray(pitches)
-        P = len(self.pitches)
-        self.hop, self.sample_rate = hop, sample_rate
-        self.dt_full = self._time(1)  # as decode_notes: times[1] - times[0]
-        self.onset_head = onset_head
-        on, fr, ml = decoding["onset_threshold"], decoding["frame_threshold"], decoding["min_note_length"]
-        if not onset_head:  # as decode_notes: runs above the lower threshold that reach the higher one
-            on, fr = max(on, fr), min(on, fr)
-        self.on, self.fr, self.ml = on, fr, ml
-        self.max_gap, self.min_gap = max_gap, min_gap
-        self.t = 0                     # frames seen
-        self.active = np.zeros(P, bool)
-        self.start = np.zeros(P, np.int64)
-        self.last = np.zeros(P, np.int64)
-        self.shift = np.zeros(P)
-        self.announced = np.zeros(P, bool)
-        self.reached = np.zeros(P, bool)  # frame-only: the run reached the onset threshold
-        self.values: list[list[float]] = [[] for _ in range(P)]  # frame probabilities of each active note
-        self.last_peak = np.full(P, -(10 ** 9), np.int64)
-        self.prev_onset = np.full(P, -1.0, np.float32)  # onset head at frame t-2, t-1 (for the peak at t-1)
-        self.cur_onset: np.ndarray | None = None
-        self.cur_frame: np.ndarray | None = None
-        self.notes: list[dict] = []
-
-    def _time(self, k: int) -> float:
-        return float(np.float64(k) * self.hop / self.sample_rate)  # as tr.frame_times, to the last bit
-
-    def _note(self, j: int, dt: float) -> dict | None:
-        s, e = int(self.start[j]), int(self.last[j]) + 1
-        if not self.onset_head and not self.reached[j]:
-            return None
-        onset = self._time(s) + (float(self.shift[j]) * dt if self.onset_head else 0.0)
-        offset = self._time(e - 1) + (0.5 * dt if self.onset_head else dt)
-        if offset - onset < self.ml:
-            return None
-        vals = np.asarray(self.values[j][: e - s], dtype=np.float32)
-        return {"onset": round(max(onset, 0.0), 4), "offset": round(offset, 4), "pitch": int(self.pitches[j]),
-                "confidence": round(float(vals.mean()), 4)}
-
-    def _long_enough(self, j: int, dt: float) -> bool:
-        onset = self._time(int(self.start[j])) + (float(self.shift[j]) * dt if self.onset_head else 0.0)
-        offset = self._time(int(self.last[j])) + (0.5 * dt if self.onset_head else dt)
-        return offset - onset >= self.ml
-
-    def _end(self, js: np.ndarray, dt: float, events: list[dict]) -> None:
-        for j in js:
-            note = self._note(int(j), dt)
-            self.active[j] = False
-            self.values[j] = []
-            if note is None:
-                continue
-            self.notes.append(note)
-            if not self.announced[j]:
-                events.append({"type": "note_on", "pitch": note["pitch"], "onset": note["onset"]})
-            events.append({"type": "note_off", **note})
-            self.announced[j] = False
-
-    def _announce(self, dt: float, events: list[dict]) -> None:
-        for j in np.flatnonzero(self.active & ~self.announced & (self.reached | self.onset_head)):
-            if self._long_enough(int(j), dt):
-                self.announced[j] = True
-                onset = self._time(int(self.start[j])) + (float(self.shift[j]) * dt if self.onset_head else 0.0)
-                events.append({"type": "note_on", "pitch": int(self.pitches[j]), "onset": round(max(onset, 0.0), 4)})
-
-    # onset head: frame u is processed when frame u + 1 (its peak's right neighbour) is known
-    def _step_onsets(self, u: int, prev: np.ndarray, cur: np.ndarray, nxt: np.ndarray, frame: np.ndarray,
-                     dt: float, events: list[dict]) -> None:
-        peak = (cur >= self.on) & (cur >= prev) & (cur > nxt)
-        kept = peak & (u - self.last_peak > self.min_gap)
-        self.last_peak[peak] = u
-        above = frame >= self.fr
-        ext = self.active & ~kept
-        ab = ext & above
-        self.last[ab] = u
-        gap_end = ext & ~above & (u - self.last > self.max_gap)
-        for j in np.flatnonzero(ext & ~gap_end):
-            self.values[j].append(float(frame[j]))
-        self._end(np.flatnonzero((self.active & kept) | gap_end), dt, events)
-        if kept.any():
-            ks = np.flatnonzero(kept)
-            a, b, c = prev[ks].astype(np.float64), cur[ks].astype(np.float64), nxt[ks].astype(np.float64)
-            curv = a - 2 * b + c
-            ok = (a >= 0) & (c >= 0) & (curv < 0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                sh = np.where(ok, np.clip(0.5 * (a - c) / np.where(ok, curv, -1.0), -0.5, 0.5), 0.0)
-            self.shift[ks] = sh
-            self.start[ks] = u
-            self.last[ks] = u
-            self.active[ks] = True
-            self.announced[ks] = False
-            for j in ks:
-                self.values[j] = [float(frame[j])]
-        self._announce(dt, events)
-
-    def _step_frames(self, u: int, frame: np.ndarray, dt: float, events: list[dict]) -> None:
-        above = frame >= self.fr
-        ending = self.active & ~above
-        self._end(np.flatnonzero(ending), dt, events)
-        starting = above & ~self.active
-        self.start[starting] = u
-        self.reached[starting] = False
-        self.announced[starting] = False
-        self.active |= starting
-        for j in np.flatnonzero(self.active):
-            self.values[j].append(float(frame[j]))
-        self.last[self.active] = u
-        self.reached |= self.active & (frame >= self.on)
-        self._announce(dt, events)
-
-    def push(self, frames: np.ndarray, onsets: np.ndarray | None) -> list[dict]:
-        """Frames (k, P) (and onsets (k, P)) following the ones pushed before -> events now certain."""
-        events: list[dict] = []
-        dt = self.dt_full
-        for i in range(len(frames)):
-            frame = np.asarray(frames[i], np.float32)
-            if not self.onset_head:
-                self._step_frames(self.t, frame, dt, events)
-            else:
-                onset = np.asarray(onsets[i], np.float32)
-                if self.cur_onset is not None:  # frame t-1 can be decided now
-                    self._step_onsets(self.t - 1, self.prev_onset, self.cur_onset, onset, self.cur_frame, dt,
-                                      events)
-                    self.prev_onset = self.cur_onset
-                self.cur_onset, self.cur_frame = onset, frame
-            self.t += 1
-        return events
-
-    def finish(self) -> list[dict]:
-        """The stream ended: decide the last frame and end every note."""
-        events: list[dict] = []
-        dt = self.dt_full if self.t > 1 else 0.0  # decode_notes: a single frame has no frame period
-        if self.onset_head and self.cur_onset is not None:
-            self._step_onsets(self.t - 1, self.prev_onset, self.cur_onset,
-                              np.full_like(self.cur_onset, -1.0), self.cur_frame, dt, events)
-        self._end(np.flatnonzero(self.active), dt, events)
-        self.notes.sort(key=lambda n: (n["onset"], n["pitch"]))
-        return events
-
-
 # ------------------------------------------------------------------------------------------------ one stream
-
-
-def _short(values: np.ndarray, decimals: int) -> list:
-    return np.round(np.asarray(values, dtype=np.float64), decimals).tolist()
 
 
 @dataclass
@@ -503,7 +349,7 @@ class StreamSession:
     def __post_init__(self) -> None:
         self.input = AudioInput(self.header, self.sm.sample_rate)
         self.windows = Windower(self.sm)
-        self.tracker = NoteTracker(self.pitches, self.sm.hop, self.sm.sample_rate, self.header.decoding,
+        self.tracker = tr.NoteTracker(self.pitches, self.sm.hop, self.sm.sample_rate, self.header.decoding,
                                    "onset" in self.heads)
         self.frames_sent = 0
         self.arrivals: list[tuple[int, float]] = []  # (input frames received after a chunk, its arrival time)
@@ -576,10 +422,10 @@ class StreamSession:
             del self.arrivals[: drop - 1]
         messages: list[dict] = []
         if len(probs_all) and self.header.send_frames:
-            msg = {"type": "frames", "start": first, "times": _short(t.times, TIME_DECIMALS),
-                   "probabilities": _short(t.probabilities, PROBABILITY_DECIMALS)}
+            msg = {"type": "frames", "start": first, "times": tr.round_list(t.times, TIME_DECIMALS),
+                   "probabilities": tr.round_list(t.probabilities, PROBABILITY_DECIMALS)}
             if t.onsets is not None:
-                msg["onsets"] = _short(t.onsets, PROBABILITY_DECIMALS)
+                msg["onsets"] = tr.round_list(t.onsets, PROBABILITY_DECIMALS)
             msg["latency_s"] = round(max(lat), 4) if lat else None
             messages.append(msg)
         self.frames_sent = first + len(probs_all)

@@ -22,7 +22,8 @@ from models import transcription as tr
 from models.checkpoint import build_model
 from service.app import create_app
 from service.decode import decode_audio_ex
-from service.stream import AudioInput, NoteTracker, StreamHeader, build_stream_model
+from models.transcription import NoteTracker
+from service.stream import AudioInput, StreamHeader, build_stream_model
 
 from .conftest import metric, serve, settings_for
 from .tiny_models import make_checkpoints, make_onset_checkpoint
