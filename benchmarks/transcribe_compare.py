@@ -42,7 +42,8 @@ Metrics per system (training/metrics.py):
   MICRO-pooled, i.e. true positives, estimated and reference note counts summed over files before
   dividing (the JSON also holds ``*_wavg``: per-file scores averaged with reference-note-count weights, as
   training/musicnet.py ``score()`` pools them);
-* note counts (estimated vs reference).
+* note counts (estimated vs reference), the median onset and offset error of notes matched on onset, and the
+  false notes by kind (``note_errors``: harmonic, fragment of a held note, short, other).
 """
 from __future__ import annotations
 
@@ -168,8 +169,9 @@ class Output:
 class Project:
     name = "project"
 
-    def __init__(self, checkpoint: str, threads: int) -> None:
+    def __init__(self, checkpoint: str, threads: int, monophonic: bool = False) -> None:
         torch.set_num_threads(threads)
+        self.monophonic = monophonic
         self.model, self.meta = load_checkpoint(checkpoint)
         self.defaults = decoding_defaults(self.model)
         pitches = [int(p) for p in self.model.pitches]
@@ -180,7 +182,7 @@ class Project:
         t0 = time.perf_counter()
         audio, sr = read_audio(path, max_seconds)
         tr = transcribe(self.model, audio, sr)
-        notes = decode_notes(tr, defaults=self.defaults)
+        notes = decode_notes(tr, defaults=self.defaults, monophonic=self.monophonic)
         wall = time.perf_counter() - t0
         return Output(tr.times, tr.probabilities, notes, wall, len(audio) / sr)
 
@@ -256,12 +258,44 @@ class BasicPitch:
 
 # ------------------------------------------------------------------------------------------------ scoring
 
+HARMONIC_INTERVALS = (12, 19, 24)  # an octave, a twelfth, two octaves above a sounding note
+
+
+def note_errors(ref_i: np.ndarray, ref_p: np.ndarray, notes: list[dict]) -> dict:
+    """Where the notes go wrong (the transcriber issue's diagnostics): offset error of notes matched on onset
+    (mir_eval, 50 ms), and every unmatched estimate in one class, first that applies: ``harmonic`` (an octave,
+    twelfth or double octave above a reference note sounding at its onset), ``fragment`` (its pitch is already
+    sounding in the reference: a held note cut in two), ``short`` (under 100 ms), ``other``."""
+    import mir_eval
+    est_i = np.array([[n["onset"], max(n["offset"], n["onset"] + 1e-3)] for n in notes]).reshape(-1, 2)
+    est_p = np.array([n["pitch"] for n in notes], dtype=np.float64)
+    hz = lambda m: 440.0 * 2 ** ((np.asarray(m, dtype=np.float64) - 69) / 12)  # noqa: E731
+    matched = mir_eval.transcription.match_notes(ref_i, hz(ref_p), est_i, hz(est_p), offset_ratio=None) \
+        if len(ref_p) and len(est_p) else []
+    offset_err = [float(est_i[e, 1] - ref_i[r, 1]) for r, e in matched]
+    onset_err = [float(est_i[e, 0] - ref_i[r, 0]) for r, e in matched]
+    unmatched = sorted(set(range(len(est_p))) - {e for _, e in matched})
+    kinds = {"harmonic": 0, "fragment": 0, "short": 0, "other": 0}
+    for e in unmatched:
+        t, p = est_i[e, 0], est_p[e]
+        sounding = ref_p[(ref_i[:, 0] <= t + 0.05) & (ref_i[:, 1] > t)] if len(ref_p) else np.zeros(0)
+        if np.isin(p - sounding, HARMONIC_INTERVALS).any() and p not in sounding:
+            kinds["harmonic"] += 1
+        elif p in sounding:
+            kinds["fragment"] += 1
+        elif est_i[e, 1] - est_i[e, 0] < 0.1:
+            kinds["short"] += 1
+        else:
+            kinds["other"] += 1
+    return {"offset_errors": offset_err, "onset_errors": onset_err, "false": kinds}
+
+
 def _note_counts(item: Item, out: Output) -> dict:
     from training.metrics import note_metrics
     ref_i, ref_p = reference(item, out.seconds)
     m = note_metrics(ref_i, ref_p, out.notes)
     n_ref, n_est = len(ref_p), len(out.notes)
-    c = {"n_ref": n_ref, "n_est": n_est}
+    c = {"n_ref": n_ref, "n_est": n_est, "errors": note_errors(ref_i, ref_p, out.notes)}
     for k in ("note", "note_with_offset"):
         c[f"{k}_tp"] = round(m[f"{k}_recall"] * n_ref)
         c[k] = m
@@ -309,6 +343,12 @@ def score(records: list[dict], system: str) -> dict:
         for q in ("precision", "recall", "f1"):
             m[f"{k}_{q}_wavg"] = float(np.average([c[k][f"{k}_{q}"] for c in counts], weights=w))
     m.update({"notes_est": n_est, "notes_ref": n_ref})
+    off = [x for c in counts for x in c["errors"]["offset_errors"]]
+    ons = [x for c in counts for x in c["errors"]["onset_errors"]]
+    m["offset_error_median_ms"] = 1000 * float(np.median(off)) if off else float("nan")
+    m["onset_error_median_ms"] = 1000 * float(np.median(ons)) if ons else float("nan")
+    for k in ("harmonic", "fragment", "short", "other"):
+        m[f"false_{k}"] = sum(c["errors"]["false"][k] for c in counts)
     rtf = [o.seconds / max(o.wall, 1e-9) for o in outs]
     audio_s, wall_s = sum(o.seconds for o in outs), sum(o.wall for o in outs)
     m.update({"speed_median": statistics.median(rtf), "speed_total": audio_s / max(wall_s, 1e-9),
@@ -337,7 +377,11 @@ ROWS = [("frame AP", "frame_ap", "{:.3f}"), ("frame F1 best", "frame_f1_best", "
         ("  at threshold", "frame_best_threshold", "{:.2f}"), ("frame F1 @0.5", "frame_f1_at_0.5", "{:.3f}"),
         ("note onset P", "note_precision", "{:.3f}"), ("note onset R", "note_recall", "{:.3f}"),
         ("note onset F1", "note_f1", "{:.3f}"), ("note+offset F1", "note_with_offset_f1", "{:.3f}"),
-        ("notes est / ref", None, None), ("frames per second", "frame_rate", "{:.2f}"),
+        ("notes est / ref", None, None), ("matched: median offset error (ms)", "offset_error_median_ms", "{:+.0f}"),
+        ("matched: median onset error (ms)", "onset_error_median_ms", "{:+.0f}"),
+        ("false notes: harmonic (8ve/12th/15th)", "false_harmonic", "{:d}"),
+        ("false notes: fragment of a held note", "false_fragment", "{:d}"), ("false notes: short (<100 ms)", "false_short", "{:d}"),
+        ("false notes: other", "false_other", "{:d}"), ("frames per second", "frame_rate", "{:.2f}"),
         ("speed median (x RT)", "speed_median", "{:.1f}"), ("speed total (x RT)", "speed_total", "{:.1f}")]
 
 
@@ -398,10 +442,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", default=None, help="write all numbers here")
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")
     ap.add_argument("--quiet", action="store_true", help="no per-file progress on stderr")
+    ap.add_argument("--monophonic", action="store_true", help="decode the project's notes one at a time (solo lines)")
     a = ap.parse_args(argv)
 
     items = find_items(a.data, a.split)[: a.max_files]
-    systems = {"project": Project(a.checkpoint, a.threads), "basic_pitch": BasicPitch(a.threads)}
+    systems = {"project": Project(a.checkpoint, a.threads, a.monophonic), "basic_pitch": BasicPitch(a.threads)}
     torch.set_num_threads(a.threads)
     warm = min(a.max_seconds or 10.0, 10.0)
     for s in systems.values():  # untimed warm-up: allocators, kernels, lazy imports (librosa, soxr, numba)

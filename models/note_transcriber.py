@@ -12,9 +12,14 @@
 * **Pitch equivariance.** Every layer after the front end is a convolution along pitch, so all 88 keys
   share their weights: keys that are rare in training (MIDI 21-30, 97-108) are read exactly like the
   rest, plus a learned per-key bias.
-* **Two heads**: ``frame`` (the pitch sounds) and ``onset`` (a note of this pitch starts here). Notes are
+* **Heads**: ``frame`` (the pitch sounds) and ``onset`` (a note of this pitch starts here). Notes are
   decoded from onsets + frames (models.transcription.notes_from_onsets), so a sustained harmonic or a
-  reverb tail never starts a note, and repeated notes are split at their onsets.
+  reverb tail never starts a note, and repeated notes are split at their onsets. Optionally ``velocity``
+  (v3): how hard a note starting at this frame was played, velocity / 127, trained only where notes start
+  (as Onsets and Frames does); read at each decoded note's onset. With ``fine_pitch`` a fourth output,
+  ``bend``, that nothing learns: where between its neighbours each key's spectral peak lies, read off the
+  complex front end at a third of a semitone per bin (parabolic interpolation of the log power), as
+  semitones + 0.5 in [0, 1]; the pitch bends of vibrato and glides written into MIDI.
 * **Calibration.** An affine map of each head's logits, fitted after training on a realistic
   validation split (``training.musicnet calibrate``), so that probabilities mean what they say and
   the decoding thresholds stored with the model (``decoding``) are the best-F1 ones.
@@ -56,14 +61,20 @@ def stack_harmonics(h: torch.Tensor, shifts: list[int], n_out: int) -> torch.Ten
 class ComplexNoteTranscriber(nn.Module):
     """Complex CQT -> semitone conv -> harmonic stack -> complex convs along (pitch, time) -> frame/onset heads."""
 
-    heads = ("frame", "onset")
+    heads: tuple[str, ...] = ("frame", "onset")
 
     def __init__(self, sample_rate: int = 16000, hop_length: int = 320, frames_per_window: int = 200,
                  min_pitch: int = 21, max_pitch: int = 108, top_pitch: int = 120, bins_per_semitone: int = 3,
                  n_fft: int = 2048, q: float = 17.0, channels: int = 16, harmonics: tuple[float, ...] = HARMONICS,
-                 hidden: int = 32, compression_gain: float = 1000.0, output_bias: tuple[float, float] = (-3.0, -5.0),
-                 decoding: dict | None = None) -> None:
+                 hidden: int = 32, compression_gain: float = 1000.0,
+                 output_bias: tuple[float, ...] = (-3.0, -5.0, 0.0), decoding: dict | None = None,
+                 heads: tuple[str, ...] = ("frame", "onset"), fine_pitch: bool = False) -> None:
         super().__init__()
+        if tuple(heads[:2]) != ("frame", "onset") or not set(heads) <= {"frame", "onset", "velocity"}:
+            raise ValueError(f"heads must be ('frame', 'onset') optionally followed by 'velocity', got {heads}")
+        self.learned_heads = tuple(heads)
+        self.fine_pitch = fine_pitch
+        self.heads = self.learned_heads + (("bend",) if fine_pitch else ())
         self.sample_rate, self.hop_length, self.frames_per_window = sample_rate, hop_length, frames_per_window
         self.pitches = list(range(min_pitch, max_pitch + 1))
         self.decoding = dict(decoding or {})
@@ -85,12 +96,13 @@ class ComplexNoteTranscriber(nn.Module):
             ComplexConv2d(c, c, (3, 3), padding=(1, 0)), ComplexBatchNorm2d(c), CReLU(),  # neighbours, +-1 frame
             ComplexConv2d(c, c, (1, 5), padding=(0, 0)), ComplexBatchNorm2d(c), CReLU(),  # +-2 frames
         )
-        n_heads = len(self.heads)
+        n_heads = len(self.learned_heads)
         self.head = nn.Sequential(nn.Conv2d(2 * c, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, n_heads, (1, 3), padding=(0, 1)))
         self.key_bias = nn.Parameter(torch.zeros(n_heads, len(self.pitches), 1))
         with torch.no_grad():
             self.head[-1].bias.copy_(torch.tensor(output_bias[:n_heads], dtype=torch.float32))
-        # Logit calibration (scale, shift) per head; identity until ``training.musicnet calibrate`` fits it.
+        # Logit calibration (scale, shift) per head; identity until ``training.musicnet calibrate`` fits it
+        # (for frame and onset: velocity is a regression, never calibrated).
         self.register_buffer("calibration", torch.tensor([[1.0, 0.0]] * n_heads))
 
     def frontend(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,8 +156,26 @@ class ComplexNoteTranscriber(nn.Module):
             out = y if out is None else out.add_(y)
         return F.relu(out.view(b, out_ch, n_out, t) + bias.view(1, -1, 1, 1))
 
+    def fine_pitch_logits(self, spec: torch.Tensor) -> torch.Tensor:
+        """(B, 2, n_bins, T) front end -> (B, 1, 88, frames): logit(offset + 0.5), the offset in semitones
+        (+-0.5) of the spectral peak nearest each key's centre bin: the strongest of the centre bin and its two
+        neighbours, refined by a parabola through the log power around it."""
+        r = self.receptive
+        power = spec[..., r: spec.shape[-1] - r].float().square().sum(1)          # (B, n_bins, frames)
+        logp = torch.log(power + 1e-10)
+        centre = torch.arange(len(self.pitches), device=spec.device) * self.bps + self.bps // 2
+        window = logp[:, (centre[:, None] + torch.arange(-2, 3, device=spec.device)).clamp(0, self.n_bins - 1)]
+        k = window[:, :, 1:4].argmax(2, keepdim=True) + 1                        # 1..3 of the 5 bins
+        a, b, c = (window.gather(2, k + d).squeeze(2) for d in (-1, 0, 1))
+        curv = a - 2 * b + c
+        delta = torch.where(curv < 0, 0.5 * (a - c) / curv.clamp(max=-1e-6), torch.zeros_like(curv)).clamp(-0.5, 0.5)
+        offset = ((k.squeeze(2) - 2).to(delta.dtype) + delta) / self.bps       # semitones
+        p = (offset.clamp(-0.499, 0.499) + 0.5)
+        return torch.log(p / (1 - p)).unsqueeze(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = compress(self.frontend(x), self.compression_gain)
+        spec = self.frontend(x)
+        h = compress(spec, self.compression_gain)
         h = self._run(self.semitone, h)                                   # (B, 2c, n_semitones, T-2)
         if self.training:
             h = stack_harmonics(h, self.shifts, len(self.pitches))        # (B, 2c*H, 88, T-2)
@@ -154,6 +184,8 @@ class ComplexNoteTranscriber(nn.Module):
             h = self._run(self.body, self._harmonic_mix(h), first=1)
         logits = self.head(h) + self.key_bias                             # (B, heads, 88, frames)
         logits = logits * self.calibration[:, :1, None] + self.calibration[:, 1:, None]
+        if self.fine_pitch:
+            logits = torch.cat([logits, self.fine_pitch_logits(spec).to(logits.dtype)], 1)
         return logits.permute(0, 3, 2, 1)                                 # (B, frames, 88, heads)
 
 

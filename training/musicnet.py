@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from models.checkpoint import build_model, count_parameters, load_checkpoint, read_checkpoint, save_checkpoint
-from models.transcription import decode_notes, decoding_defaults, heads, transcribe, window_samples
+from models.transcription import REONSET_KEY, decode_notes, decoding_defaults, heads, transcribe, window_samples
 from training.loop import (JsonlLogger, all_reduce_sum, autocast, git_commit, hardware_string, load_training_state,
                            progress, save_training_state, seed_everything, setup_runtime, teardown, unwrap, wrap_ddp)
 from training.transcribe import add_arguments as add_transcribe_arguments
@@ -111,6 +111,7 @@ class TrainConfig:
     cache_dir: str | None = None
     workers: int = 0                             # DataLoader processes making crops (GPU runs); 0 = in-process
     rescan_every: int = 0                        # re-list the train split every N steps (data still being rendered)
+    init_from: str | None = None                 # warm start from this checkpoint (init_from_checkpoint)
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -154,8 +155,10 @@ class CropSampler:
         source_pitches = [p - k for p in self.pitches]
         y = self.ds.labels_at(index, positions, source_pitches)
         if "onset" in self.heads:  # targets (frames, pitches, heads) in the model's head order
-            y = np.stack([y if h == "frame" else self.ds.onsets_at(index, positions, source_pitches, self.hop * rate / 2,
-                                                                    self.cfg.onset_spread)
+            half = self.hop * rate / 2
+            y = np.stack([y if h == "frame" else
+                          self.ds.onsets_at(index, positions, source_pitches, half, self.cfg.onset_spread,
+                                            values="velocity" if h == "velocity" else None)
                           for h in self.heads], axis=-1)
         if self.cfg.augment:
             x = degrade(x, self.sr, self.rng)
@@ -258,6 +261,53 @@ def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
     return cfg.lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
+def transcription_loss(logits: torch.Tensor, targets: torch.Tensor, model_heads: tuple[str, ...]) -> torch.Tensor:
+    """BCE on the probability heads (frame, onset); for a ``velocity`` head, the squared error of sigmoid(logit)
+    against velocity / 127 only where a note of known velocity starts (targets -1 elsewhere), as in Onsets
+    and Frames: how hard a note was played is defined at its onset only."""
+    if "velocity" not in model_heads:
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    v = model_heads.index("velocity")
+    probs = [i for i in range(len(model_heads)) if i != v]
+    loss = F.binary_cross_entropy_with_logits(logits[..., probs], targets[..., probs])
+    mask = targets[..., v] >= 0
+    if mask.any():
+        loss = loss + VELOCITY_WEIGHT * F.mse_loss(torch.sigmoid(logits[..., v][mask]), targets[..., v][mask])
+    return loss
+
+
+VELOCITY_WEIGHT = 0.5  # the velocity error (about 0.01-0.05 once learned) against BCE summed over 88 keys
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """Warm start from a trained checkpoint of the same architecture: every tensor of matching shape is copied;
+    output heads the checkpoint lacks (a new velocity head) keep their fresh initialisation; the checkpoint's
+    logit calibration is folded into the head's weights, so training goes on from its calibrated outputs."""
+    src = read_checkpoint(path)["state_dict"]
+    own = model.state_dict()
+    cal = src.get("calibration")
+    if cal is not None and "head.2.weight" in src:
+        n = cal.shape[0]
+        scale, shift = cal[:, 0].float(), cal[:, 1].float()
+        src = dict(src)
+        src["head.2.weight"] = src["head.2.weight"] * scale.view(n, 1, 1, 1)
+        src["head.2.bias"] = src["head.2.bias"] * scale + shift
+        src["key_bias"] = src["key_bias"] * scale.view(n, 1, 1)
+        src["calibration"] = torch.tensor([[1.0, 0.0]] * n)
+    copied = []
+    with torch.no_grad():
+        for k, t in src.items():
+            if k not in own:
+                continue
+            if own[k].shape == t.shape:
+                own[k].copy_(t)
+                copied.append(k)
+            elif own[k].dim() == t.dim() and own[k].shape[1:] == t.shape[1:] and t.shape[0] < own[k].shape[0]:
+                own[k][: t.shape[0]].copy_(t)  # more output heads: the first ones come from the checkpoint
+                copied.append(k)
+    print(f"initialised {len(copied)}/{len(own)} tensors from {path}", file=sys.stderr)
+
+
 def checkpoint_meta(model, cfg: TrainConfig, metrics: dict, extra: dict) -> dict:
     m = unwrap(model)
     return {"task": "transcription", "sample_rate": m.sample_rate, "hop_length": m.hop_length,
@@ -273,7 +323,10 @@ def train(cfg: TrainConfig) -> Path:
     rt = setup_runtime(cfg.device)
     seed_everything(cfg.seed + rt.rank)
     out = Path(cfg.out)
-    model = build_model(cfg.arch, cfg.model).to(rt.device)
+    model = build_model(cfg.arch, cfg.model)
+    if cfg.init_from:
+        init_from_checkpoint(model, cfg.init_from)
+    model = model.to(rt.device)
     arch_config = dict(cfg.model)
     val_ids = resolve_ids(cfg.data, "train", cfg.val_ids, PAPER_VAL_IDS) or []
     train_ids = [i for i in recording_ids(cfg.data, "train") if i not in set(val_ids)] if val_ids else None
@@ -342,7 +395,7 @@ def train(cfg: TrainConfig) -> Path:
         ddp.train()
         with autocast(rt.device):
             logits = ddp(x.to(rt.device, non_blocking=True))
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y.to(rt.device).view_as(logits))
+        loss = transcription_loss(logits.float(), y.to(rt.device).view_as(logits), heads(unwrap(model)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_norm > 0:
@@ -506,7 +559,8 @@ def fit_platt(probabilities: np.ndarray, targets: np.ndarray, max_cells: int = 8
 def calibrate(checkpoint: str, data: str, split: str = "val", out: str | None = None, threads: int = 2,
               onset_grid: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
               frame_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6),
-              length_grid: tuple[float, ...] = (0.04, 0.08)) -> dict:
+              length_grid: tuple[float, ...] = (0.04, 0.08, 0.12),
+              reonset_grid: tuple[float | None, ...] = (None, 0.5, 0.7)) -> dict:
     """Fit each head's logit calibration on a (realistic) validation split, then choose the note-decoding
     thresholds with the best note F1 (mean of onset-only and with-offset F1) there; both go into the
     checkpoint (``out``, default: in place), so the service's default thresholds are the calibrated ones."""
@@ -519,6 +573,9 @@ def calibrate(checkpoint: str, data: str, split: str = "val", out: str | None = 
     model_heads = heads(model)
     fits = []
     for h in model_heads:
+        if h in ("velocity", "bend"):  # a regression and a measurement, not probabilities to calibrate
+            fits.append((1.0, 0.0))
+            continue
         if h == "frame":
             probs = np.concatenate([tr.probabilities for tr, *_ in preds])
             targets = np.concatenate([t for _, t, *_ in preds])
@@ -534,6 +591,8 @@ def calibrate(checkpoint: str, data: str, split: str = "val", out: str | None = 
         model.calibration.copy_(torch.from_numpy(new))
     for tr, *_ in preds:  # apply the fitted maps to the stored probabilities instead of predicting again
         for h, (a, b) in zip(model_heads, fits):
+            if h in ("velocity", "bend"):
+                continue
             attr = "probabilities" if h == "frame" else h + "s"
             setattr(tr, attr, (1 / (1 + np.exp(-(a * _logit(getattr(tr, attr)) + b)))).astype(np.float32))
     weights = np.array([max(len(iv), 1) for _, _, iv, _ in preds], dtype=np.float64)
@@ -541,13 +600,17 @@ def calibrate(checkpoint: str, data: str, split: str = "val", out: str | None = 
     for on in onset_grid:
         for fr in frame_grid:
             for ml in length_grid:
-                per = [note_metrics(iv, p, decode_notes(tr, on, fr, ml)) for tr, _, iv, p in preds]
-                f_on = float(np.average([d["note_f1"] for d in per], weights=weights))
-                f_off = float(np.average([d["note_with_offset_f1"] for d in per], weights=weights))
-                grid.append({"onset_threshold": on, "frame_threshold": fr, "min_note_length": ml,
-                             "note_f1": round(f_on, 4), "note_with_offset_f1": round(f_off, 4)})
+                for reon in reonset_grid if "onset" in model_heads else (None,):
+                    if reon is not None and reon <= on:
+                        continue
+                    dec = {"onset_threshold": on, "frame_threshold": fr, "min_note_length": ml,
+                           **({REONSET_KEY: reon} if reon is not None else {})}
+                    per = [note_metrics(iv, p, decode_notes(tr, defaults=dec)) for tr, _, iv, p in preds]
+                    f_on = float(np.average([d["note_f1"] for d in per], weights=weights))
+                    f_off = float(np.average([d["note_with_offset_f1"] for d in per], weights=weights))
+                    grid.append({**dec, "note_f1": round(f_on, 4), "note_with_offset_f1": round(f_off, 4)})
     best = max(grid, key=lambda g: g["note_f1"] + g["note_with_offset_f1"])
-    decoding = {k: best[k] for k in ("onset_threshold", "frame_threshold", "min_note_length")}
+    decoding = {k: best[k] for k in ("onset_threshold", "frame_threshold", "min_note_length", REONSET_KEY) if k in best}
     blob = read_checkpoint(checkpoint)
     config = dict(blob["config"], decoding=decoding)
     model.decoding = decoding
@@ -578,7 +641,7 @@ def train_config_from_args(a: argparse.Namespace) -> TrainConfig:
         values["augment"] = False
     return TrainConfig(data=a.data, out=a.out, model=json.loads(a.model_config), device=a.device,
                        resume=not a.no_resume, cache_dir=a.cache_dir, test_ids=_id_list(a.test_ids),
-                       val_ids=_id_list(a.val_ids), **values)
+                       val_ids=_id_list(a.val_ids), init_from=a.init_from, **values)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -609,6 +672,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--val-ids", default=None, help="comma-separated recordings held out of train_data/ for "
                                                     "validation (default: the paper's six when present)")
     t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--init-from", default=None, help="warm start from this checkpoint (same architecture; new output "
+                                                     "heads start fresh, its calibration is folded in)")
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--device", default=d.device)
     t.add_argument("--cache-dir", default=None)

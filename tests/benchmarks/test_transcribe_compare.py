@@ -103,3 +103,18 @@ def test_compare_plain_folder_and_musicnet_layout(tmp_path, capsys):
     for s in tc.SYSTEMS:
         assert allm[s]["notes_ref"] == 4  # notes starting before the 3 s crop
         assert allm[s]["note_f1"] > MIN_NOTE_F1[s], (s, allm[s])
+
+
+def test_note_errors_classify_false_notes_and_measure_offsets():
+    from benchmarks.transcribe_compare import note_errors
+    ref_i = np.array([[0.0, 1.0], [1.0, 2.0]])
+    ref_p = np.array([48, 50])
+    notes = [{"onset": 0.01, "offset": 1.06, "pitch": 48},   # matched, ends 60 ms late
+             {"onset": 1.0, "offset": 1.97, "pitch": 50},    # matched, ends 30 ms early
+             {"onset": 0.02, "offset": 0.9, "pitch": 67},    # a twelfth above the sounding 48
+             {"onset": 0.5, "offset": 0.9, "pitch": 48},     # 48 again while it sounds: a fragment
+             {"onset": 1.5, "offset": 1.55, "pitch": 70},    # short
+             {"onset": 2.5, "offset": 3.0, "pitch": 70}]     # other
+    e = note_errors(ref_i, ref_p, notes)
+    assert sorted(round(x, 3) for x in e["offset_errors"]) == [-0.03, 0.06]
+    assert e["false"] == {"harmonic": 1, "fragment": 1, "short": 1, "other": 1}

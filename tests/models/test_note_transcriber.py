@@ -135,3 +135,50 @@ def test_folded_weights_are_cached_and_refreshed_when_weights_change():
         m.semitone[1].running_mean.add_(0.5)        # an in-place change of a BN statistic
         fresh.semitone[1].running_mean.add_(0.5)
         torch.testing.assert_close(m(x), fresh(x))
+
+
+@pytest.mark.parametrize("cents", [-35, -10, 0, 20, 40])
+def test_fine_pitch_output_reads_the_tuning_of_a_tone_off_its_key(cents):
+    """A pure tone at MIDI 69 + cents/100: the ``bend`` output at key 69 reports the offset to within ~8 cents
+    (the front end has 3 bins per semitone; the parabola interpolates between them), and the model's learned
+    heads are unchanged by the extra output."""
+    torch.manual_seed(0)
+    cfg = {**TINY, "heads": ("frame", "onset", "velocity")}
+    plain = build_model("complex_note_transcriber", cfg).eval()
+    m = build_model("complex_note_transcriber", {**cfg, "fine_pitch": True}).eval()
+    m.load_state_dict(plain.state_dict())
+    assert m.heads == ("frame", "onset", "velocity", "bend")
+    sr = m.sample_rate
+    t = np.arange(sr * 2) / sr
+    audio = 0.3 * np.sin(2 * np.pi * 440.0 * 2 ** (cents / 1200) * t).astype(np.float32)
+    tr = transcribe(m, audio, sr)
+    ref = transcribe(plain, audio, sr)
+    np.testing.assert_allclose(tr.probabilities, ref.probabilities, atol=1e-6)
+    assert tr.bends is not None and tr.velocities is not None
+    measured = 100 * (np.median(tr.bends[20:80, 69 - 21]) - 0.5)
+    assert abs(measured - cents) < 8, measured
+
+
+def test_pitch_bends_reach_the_midi_file_on_separate_channels():
+    import io
+
+    import mido
+
+    from models.transcription import attach_pitch_bends, notes_to_midi
+    n = 100
+    times = np.arange(n) * 0.02
+    bends = np.full((n, 2), 0.5, np.float32)
+    bends[10:60, 0] = 0.5 + 0.3 * np.sin(np.arange(50) / 3)  # vibrato of +-30 cents
+    t = Transcription(times, np.array([60, 64]), np.zeros((n, 2), np.float32), np.zeros((n, 2), np.float32),
+                      bends=bends)
+    notes = attach_pitch_bends([{"onset": 0.2, "offset": 1.2, "pitch": 60, "confidence": 0.9},
+                                {"onset": 0.4, "offset": 0.8, "pitch": 64, "confidence": 0.9}], t)
+    assert len(notes[0]["pitch_bends"]) == 50 and max(notes[0]["pitch_bends"]) == 30
+    mid = mido.MidiFile(file=io.BytesIO(notes_to_midi(notes, pitch_bends=True)))
+    msgs = list(mid.tracks[0])
+    ons = {m.note: m.channel for m in msgs if m.type == "note_on"}
+    assert ons[60] != ons[64] and 9 not in ons.values()  # overlapping notes bend on channels of their own
+    wheel = [m.pitch for m in msgs if m.type == "pitchwheel" and m.channel == ons[60]]
+    assert max(wheel) == round(30 / 200 * 8192) and wheel[-1] == 0
+    plain = mido.MidiFile(file=io.BytesIO(notes_to_midi(notes)))
+    assert not any(m.type == "pitchwheel" for m in plain.tracks[0])

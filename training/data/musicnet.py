@@ -33,6 +33,7 @@ class Labels:
     pitch: np.ndarray       # (N,) int64 MIDI
     instrument: np.ndarray  # (N,) int64 GM program
     max_duration: int       # longest note, bounds the search window of queries
+    velocity: np.ndarray | None = None  # (N,) int64 MIDI velocity 1-127 (the renderer's extra column), -1 unknown
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> "Labels":
@@ -40,12 +41,13 @@ class Labels:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             for r in reader:
+                vel = r.get("velocity")
                 rows.append((int(float(r["start_time"])), int(float(r["end_time"])), int(float(r["note"])),
-                             int(float(r["instrument"]))))
-        arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
+                             int(float(r["instrument"])), int(float(vel)) if vel not in (None, "") else -1))
+        arr = np.array(rows, dtype=np.int64).reshape(-1, 5)
         arr = arr[np.argsort(arr[:, 0], kind="stable")]
         dur = int((arr[:, 1] - arr[:, 0]).max()) if len(arr) else 0
-        return cls(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], dur)
+        return cls(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], dur, arr[:, 4])
 
     def active(self, positions: np.ndarray, pitches: list[int] | np.ndarray) -> np.ndarray:
         """(len(positions), len(pitches)) float32 0/1: which pitches sound at each sample position.
@@ -74,13 +76,15 @@ class Labels:
         return out
 
     def onsets(self, positions: np.ndarray, pitches: list[int] | np.ndarray, half_width: int,
-               spread: int = 0) -> np.ndarray:
+               spread: int = 0, values: str | None = None) -> np.ndarray:
         """(len(positions), len(pitches)) float32 0/1: a note of the pitch starts within ``half_width``
         samples of the position (frame centres, ascending), marked at the nearest position and at ``spread``
-        positions either side of it (a target as wide as the uncertainty of where an attack is heard)."""
+        positions either side of it (a target as wide as the uncertainty of where an attack is heard).
+        ``values="velocity"``: the marks hold velocity / 127 instead of 1, and -1 where no note starts or its
+        velocity is unknown (a mask for the velocity loss)."""
         positions = np.asarray(positions, dtype=np.int64)
         pitches = np.asarray(pitches, dtype=np.int64)
-        out = np.zeros((len(positions), len(pitches)), dtype=np.float32)
+        out = np.full((len(positions), len(pitches)), -1.0 if values else 0.0, dtype=np.float32)
         if len(positions) == 0 or len(self.start) == 0:
             return out
         i0 = np.searchsorted(self.start, positions[0] - half_width, side="left")
@@ -91,10 +95,14 @@ class Labels:
         k = np.clip(np.searchsorted(positions, starts), 1, len(positions) - 1)
         k = np.where(np.abs(positions[k - 1] - starts) <= np.abs(positions[k] - starts), k - 1, k)
         ok = (np.abs(positions[k] - starts) <= half_width) & (notes >= 0) & (column[np.maximum(notes, 0)] >= 0)
+        mark = np.ones(int(ok.sum()), np.float32)
+        if values == "velocity":
+            vel = self.velocity[i0:i1][ok] if self.velocity is not None else np.full(int(ok.sum()), -1)
+            mark = np.where(vel > 0, vel / 127.0, -1.0).astype(np.float32)
         for d in range(-spread, spread + 1):
             rows = k[ok] + d
             inside = (rows >= 0) & (rows < len(positions))
-            out[rows[inside], column[notes[ok]][inside]] = 1.0
+            out[rows[inside], column[notes[ok]][inside]] = mark[inside]
         return out
 
     def notes(self, rate: int = MUSICNET_RATE) -> tuple[np.ndarray, np.ndarray]:
@@ -185,10 +193,10 @@ class MusicNet:
         return self.recordings[index].labels.active(self.to_label_samples(positions), pitches)
 
     def onsets_at(self, index: int, positions: np.ndarray, pitches: list[int], half_width: float,
-                  spread: int = 0) -> np.ndarray:
+                  spread: int = 0, values: str | None = None) -> np.ndarray:
         """Onset roll at model-rate frame centres; ``half_width`` in model-rate samples (half a hop)."""
         hw = int(round(half_width * self.label_rate / self.sample_rate))
-        return self.recordings[index].labels.onsets(self.to_label_samples(positions), pitches, hw, spread)
+        return self.recordings[index].labels.onsets(self.to_label_samples(positions), pitches, hw, spread, values)
 
     def crop(self, index: int, start: int, length: int) -> np.ndarray:
         """float32 audio [start, start + length) at the model rate; zeros outside the recording."""

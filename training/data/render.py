@@ -34,7 +34,7 @@ import numpy as np
 
 MUSICNET_RATE = 44100
 MAX_SCORE_BYTES = 250_000  # opus133 (the Grosse Fuge) and similar single-file giants take minutes to parse
-CSV_HEADER = "start_time,end_time,instrument,note,start_beat,end_beat,note_value"
+CSV_HEADER = "start_time,end_time,instrument,note,start_beat,end_beat,note_value,velocity"  # MusicNet's + velocity
 RESERVED_BWV = ("255", "256", "273", "274", "275", "296", "297", "326", "327", "364", "385", "48.3", "62.6", "114.7")
 SOUNDFONT_CANDIDATES = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/TimGM6mb.sf2",
                         "/usr/share/sounds/sf3/MuseScore_General_Lite.sf3",
@@ -101,6 +101,9 @@ class RenderConfig:
     max_seconds: float = 420.0     # longer movements are cut (keeps one huge quartet from dominating)
     soundfonts: list[str] = field(default_factory=lambda: [p for p in SOUNDFONT_CANDIDATES if os.path.exists(p)])
     pieces: list[str] = field(default_factory=list)  # explicit corpus paths (tests); default: COMPOSERS
+    offsets: str = "performed"     # label note ends at the performed note-off (pedal-extended on piano), or "audible"
+    sampled: bool = True           # some stems played by the sample player (real piano samples, more banks)
+    ensembles: list[str] = field(default_factory=list)  # only these ensemble types (e.g. solo_piano); default: all
 
 
 # ----------------------------------------------------------------------------------------------- pieces
@@ -226,8 +229,8 @@ def note_value(beats: float) -> str:
     return str(Fraction(beats).limit_denominator(64))
 
 
-def pick_ensemble(rng: np.random.Generator) -> str:
-    names = list(ENSEMBLES)
+def pick_ensemble(rng: np.random.Generator, only: list[str] | None = None) -> str:
+    names = list(only or ENSEMBLES)
     w = np.array([ENSEMBLES[n][0] for n in names])
     return names[rng.choice(len(names), p=w / w.sum())]
 
@@ -264,6 +267,44 @@ def performance_clock(end: float, fermatas: list[float], rng: np.random.Generato
     return clock
 
 
+PEDAL_PROBABILITY = 0.6  # renders whose piano uses the sustain pedal
+
+
+def pedal_segments(onsets: np.ndarray, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """Legato pedalling: the pedal goes down just after an onset and comes up just after a later one (a change
+    of harmony every 1-3 s), so the strings of the old chord are damped while the new one is held."""
+    onsets = np.unique(np.asarray(onsets, dtype=np.float64))
+    segments, i = [], 0
+    while i < len(onsets):
+        down = onsets[i] + rng.uniform(0.03, 0.12)
+        j = int(np.searchsorted(onsets, onsets[i] + rng.uniform(1.0, 3.0)))
+        if j >= len(onsets):
+            segments.append((down, onsets[-1] + rng.uniform(0.5, 2.0)))
+            break
+        segments.append((down, onsets[j] + rng.uniform(0.0, 0.06)))
+        i = j
+    return segments
+
+
+def pedal_extend(rows: list[tuple], segments: list[tuple[float, float]]) -> list[tuple]:
+    """The sustain-pedal convention of MAESTRO and the systems trained on it (Onsets and Frames, Kong et al.):
+    a key released while the pedal is down sounds, and is labelled, until the pedal comes up, or until the same
+    key is struck again, whichever is first."""
+    downs = np.array([a for a, _ in segments])
+    rows = sorted(rows, key=lambda r: (r[3], r[0]))
+    out = []
+    for i, r in enumerate(rows):
+        start, end = r[0], r[1]
+        k = int(np.searchsorted(downs, end, side="right")) - 1
+        if k >= 0 and segments[k][0] <= end < segments[k][1]:
+            end = segments[k][1]
+            if i + 1 < len(rows) and rows[i + 1][3] == r[3]:
+                end = min(end, rows[i + 1][0])
+            end = max(end, r[1])
+        out.append((start, end) + tuple(r[2:]))
+    return out
+
+
 def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_seconds: float, expressive: bool = True):
     """A new PrettyMIDI: parts -> instruments of the ensemble (by register), tempo, dynamics, mix, detune.
 
@@ -289,7 +330,12 @@ def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_secon
         pass
     base_vel = rng.uniform(45, 105)
     swell_period, swell_depth = rng.uniform(8, 40), rng.uniform(0, 18)
-    for part, fam in zip(parts, fams):
+    pedal = None
+    if "piano" in fams and expressive and rng.random() < PEDAL_PROBABILITY:
+        onsets = clock(sorted({n.start for part, fam in zip(parts, fams) if fam == "piano" for n in part.notes})) * scale
+        pedal = pedal_segments(onsets, rng)
+    entries: dict[str, list[tuple]] = {}
+    for rank, (part, fam) in enumerate(zip(parts, fams)):
         program = programs[fam]
         # Keyboard parts merge into one instrument (one player); others stay separate voices.
         key = fam if fam in ("piano", "harpsichord", "organ") else f"{fam}:{len(merged)}"
@@ -302,20 +348,36 @@ def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_secon
         inst = merged[key]
         stem = list(merged).index(key)
         timing = 0.0 if fam in KEYBOARDS or not expressive else rng.uniform(0.004, 0.02)
+        # A pianist's chords are not simultaneous: the melody (the top part) leads by ~10 ms, the other notes
+        # scatter by a few ms (Goebl 2001); dynamics follow phrases, and the melody is voiced louder.
+        spread = rng.uniform(0.003, 0.012) if fam == "piano" and expressive else 0.0
+        lead = -rng.uniform(0.0, 0.02) if spread and rank == 0 else 0.0
+        accent = rng.uniform(4, 14) if spread and rank == 0 else 0.0
         starts = clock([n.start for n in part.notes]) * scale
         ends = clock([n.end for n in part.notes]) * scale
         for n, start, end in zip(part.notes, starts, ends):
-            start = max(float(start + rng.normal(0, timing)), 0.0) if timing else float(start)
+            if timing:
+                start = max(float(start + rng.normal(0, timing)), 0.0)
+            elif spread:
+                start = max(float(start + lead + rng.normal(0, spread)), 0.0)
+            else:
+                start = float(start)
             end = float(end)
             if start >= max_seconds:
                 continue
             end = min(end, max_seconds)
             if end - start < 0.04:
                 continue
-            vel = base_vel + swell_depth * np.sin(2 * np.pi * start / swell_period) + inst._level * 3 + rng.normal(0, 7)
+            vel = base_vel + swell_depth * np.sin(2 * np.pi * start / swell_period) + inst._level * 3 + accent \
+                + rng.normal(0, 9 if spread else 7)
             vel = int(np.clip(vel, 20, 127))
-            inst.notes.append(pretty_midi.Note(velocity=vel, pitch=n.pitch, start=start, end=end))
-            rows.append((start, end, program + 1, n.pitch, n.start / spq, n.end / spq, stem))
+            entries.setdefault(key, []).append((start, end, program + 1, n.pitch, n.start / spq, n.end / spq, stem, vel))
+    for key, rs in entries.items():
+        if key == "piano" and pedal is not None:
+            rs = pedal_extend(rs, pedal)
+        for r in rs:
+            merged[key].notes.append(pretty_midi.Note(velocity=r[7], pitch=r[3], start=r[0], end=r[1]))
+        rows += rs
     for inst in merged.values():
         inst.notes.sort(key=lambda n: (n.start, n.pitch))
         bend = int(np.clip(round(inst._cents / 200 * 8192), -8191, 8191))  # default bend range is +-2 semitones
@@ -325,7 +387,8 @@ def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_secon
         inst.control_changes.append(pretty_midi.ControlChange(10, int(rng.uniform(20, 108)), 0.0))  # pan
         out.instruments.append(inst)
     info = {"programs": sorted({p + 1 for p in programs.values()}), "families": sorted(set(fams)),
-            "cents": round(global_cents, 2), "stems": [inst.name.split(":")[0] for inst in out.instruments]}
+            "cents": round(global_cents, 2), "stems": [inst.name.split(":")[0] for inst in out.instruments],
+            "pedal": pedal is not None}
     return out, rows, info
 
 
@@ -345,14 +408,52 @@ def fluidsynth_render(midi_path: str, wav_path: str, soundfont: str, fx: dict) -
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
 
 
-def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str) -> list[np.ndarray]:
+SAMPLES_DIR = os.environ.get("DCN_SAMPLES", "/work/data/samples")  # python -m training.data.sampler fetch --dest ...
+SAMPLED_PIANO = 0.6   # piano stems played by the Salamander grand's recorded samples (else FluidSynth's soundfont)
+SAMPLED_OTHER = 0.35  # other stems played by the sampler from any SoundFont bank found (more timbres per family)
+
+
+def pick_sampled_preset(program: int, rng: np.random.Generator, samples_dir: str = SAMPLES_DIR):
+    """A sampler preset for the stem of ``program`` (0-based), or None for FluidSynth: the Salamander grand for
+    pianos (real recordings, four velocity layers), otherwise a preset of any bank found, GS variations included."""
+    from training.data import sampler
+    if not os.path.isdir(samples_dir):
+        return None
+    if program == 0:
+        if rng.random() >= SAMPLED_PIANO:
+            return None
+        presets = [p for p in sampler.load_presets(samples_dir, 0, variations=False) if p.bank == "Salamander"]
+    else:
+        if rng.random() >= SAMPLED_OTHER:
+            return None
+        presets = sampler.load_presets(samples_dir, program)
+    return presets[int(rng.integers(len(presets)))] if presets else None
+
+
+def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str,
+                 rng: np.random.Generator | None = None) -> tuple[list[np.ndarray], list[str]]:
     """One stereo (samples, 2) float32 array per instrument of ``arranged``, all the same length: the mix
-    is their sum (FluidSynth is linear per voice, effects included), and each stem is a solo recording."""
+    is their sum (FluidSynth is linear per voice, effects included), and each stem is a solo recording.
+    With ``rng``, some stems are played by the sample player (training/data/sampler.py) instead: real piano
+    samples and other banks' presets, with a synthetic room when the render has reverb. Also returns the
+    source of each stem (soundfont file name or sampler preset)."""
     import copy
 
     import soundfile as sf
-    stems = []
+    from training.data.augment_audio import add_reverb
+    from training.data.sampler import render_notes
+    stems, sources = [], []
     for k, inst in enumerate(arranged.instruments):
+        preset = pick_sampled_preset(inst.program, rng) if rng is not None else None
+        if preset is not None:
+            notes = [(n.start, n.end, n.pitch, n.velocity) for n in inst.notes]
+            y, _ = render_notes(notes, preset, MUSICNET_RATE, rng)
+            if fx["reverb"]:
+                y = add_reverb(y, MUSICNET_RATE, rng)
+            y = (y * 0.3).astype(np.float32)  # about FluidSynth's level at gain 0.5
+            stems.append(np.stack([y, y], axis=1))
+            sources.append(f"sampler:{preset.bank}:{preset.name}")
+            continue
         one = copy.copy(arranged)
         one.instruments = [inst]
         mid, wav = os.path.join(tmp, f"{tag}_{k}.mid"), os.path.join(tmp, f"{tag}_{k}.wav")
@@ -360,8 +461,9 @@ def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str) -> list
         fluidsynth_render(mid, wav, soundfont, fx)
         audio, _ = sf.read(wav, dtype="float32", always_2d=True)
         stems.append(audio)
+        sources.append(Path(soundfont).name)
     n = max(len(a) for a in stems)
-    return [np.pad(a, ((0, n - len(a)), (0, 0))) for a in stems]
+    return [np.pad(a, ((0, n - len(a)), (0, 0))) for a in stems], sources
 
 
 def audible_ends(stem: np.ndarray, sr: int, rows: list[tuple], keyboard: bool, max_tail: float = 0.25,
@@ -399,9 +501,9 @@ def write_labels(path: Path, rows: list[tuple]) -> None:
     rows = sorted(rows, key=lambda r: (r[0], r[3]))
     with open(path, "w") as f:
         f.write(CSV_HEADER + "\n")
-        for start, end, inst, pitch, sb, eb, *_ in rows:
+        for start, end, inst, pitch, sb, eb, _stem, vel in rows:
             f.write(f"{int(round(start * MUSICNET_RATE))},{int(round(end * MUSICNET_RATE))},{inst},{pitch},"
-                    f"{sb:.4g},{eb - sb:.4g},{note_value(eb - sb)}\n")
+                    f"{sb:.4g},{eb - sb:.4g},{note_value(eb - sb)},{vel}\n")
 
 
 # ----------------------------------------------------------------------------------------------- worker
@@ -437,14 +539,14 @@ def render_piece(task: tuple) -> list[dict]:
             return [{"skipped": path, "why": "too short"}]
         for v in range(cfg.variants if split == "train" else 1):
             rng = np.random.default_rng([cfg.seed, index, v])
-            ensemble = pick_ensemble(rng)
+            ensemble = pick_ensemble(rng, cfg.ensembles)
             tempo = float(np.exp(rng.uniform(np.log(0.75), np.log(1.3))))
             arranged, rows, info = arrange(pm, rng, ensemble, tempo, cfg.max_seconds)
             if not rows:
                 continue
             soundfont = cfg.soundfonts[rng.integers(len(cfg.soundfonts))]
             fx = draw_effects(rng)
-            stems = render_stems(arranged, soundfont, fx, tmp, f"v{v}")
+            stems, sources = render_stems(arranged, soundfont, fx, tmp, f"v{v}", rng if cfg.sampled else None)
             sr = MUSICNET_RATE
             # Stereo -> mono as a microphone somewhere between the two channels would hear it.
             a = rng.uniform(0.2, 0.8)
@@ -453,8 +555,10 @@ def render_piece(task: tuple) -> list[dict]:
             labelled = []
             for k, x in enumerate(mono):
                 mine = [r for r in rows if r[6] == k]
-                ends = audible_ends(x, sr, mine, keyboard=names[k] in KEYBOARDS)
-                labelled.append([(r[0], e) + tuple(r[2:]) for r, e in zip(mine, ends)])
+                if cfg.offsets == "audible":  # v2's labels: the release and room tail count as the note
+                    ends = audible_ends(x, sr, mine, keyboard=names[k] in KEYBOARDS)
+                    mine = [(r[0], e) + tuple(r[2:]) for r, e in zip(mine, ends)]
+                labelled.append(mine)
             outputs = [("", np.sum(mono, axis=0), [r for rs in labelled for r in rs], "ensemble" if len(mono) > 1
                         else "solo", "+".join(sorted(set(names))))]
             solo = [k for k in range(len(mono)) if len(labelled[k]) >= 10] if len(mono) > 1 else []
@@ -482,7 +586,7 @@ def render_piece(task: tuple) -> list[dict]:
                                 "ensemble": ensemble, "group": group, "instrument": instrument,
                                 "soundfont": Path(soundfont).name, "tempo": round(tempo, 3),
                                 "seconds": round(len(x) / sr, 2), "notes": len(out_rows), "eq": eq, "snr_db": snr,
-                                "peak_db": round(peak, 1), **info, **fx})
+                                "peak_db": round(peak, 1), "sources": sources, "offsets": cfg.offsets, **info, **fx})
     return records
 
 
@@ -564,8 +668,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-seconds", type=float, default=d.max_seconds)
     ap.add_argument("--soundfont", action="append", dest="soundfonts", help="repeatable; default: all installed GM fonts")
     ap.add_argument("--piece", action="append", dest="pieces", help="music21 corpus path (repeatable); default: corpus")
+    ap.add_argument("--offsets", choices=["performed", "audible"], default=d.offsets,
+                    help="label note ends at the performed note-off (pedal-extended on piano; default) or where the "
+                         "sound has decayed 20 dB (v2's convention)")
+    ap.add_argument("--no-sampled", action="store_true", help="FluidSynth only (no sample player stems)")
+    ap.add_argument("--ensemble", action="append", dest="ensembles", choices=sorted(ENSEMBLES),
+                    help="repeatable: only these ensemble types (e.g. solo_piano for a piano split)")
     a = ap.parse_args(argv)
-    cfg = RenderConfig(out=a.out, hours=a.hours, test_fraction=a.test_fraction, variants=a.variants, solo_fraction=a.solo_fraction, only_split=a.only_split,
+    cfg = RenderConfig(offsets=a.offsets, sampled=not a.no_sampled, ensembles=a.ensembles or [], out=a.out, hours=a.hours, test_fraction=a.test_fraction, variants=a.variants, solo_fraction=a.solo_fraction, only_split=a.only_split,
                        test_hours=a.test_hours, skip=a.skip, seed=a.seed,
                        workers=a.workers, max_seconds=a.max_seconds, soundfonts=a.soundfonts or d.soundfonts,
                        pieces=a.pieces or [])
