@@ -136,12 +136,13 @@ def decode(tr: Transcription, decoding: dict[str, float]) -> list[dict]:
     return [n for n in notes if lo <= midi_to_hz(n["pitch"]) <= hi]
 
 
-def transcription_json(model_name: str, duration: float, sample_rate: int, tr: Transcription, decoding: dict,
-                       notes: list[dict], frames: bool = True, extra: dict[str, Any] | None = None) -> dict:
+def transcription_json(model_name: str, duration: float, sample_rate: int, frame_rate: float, tr: Transcription,
+                       decoding: dict, notes: list[dict], frames: bool = True, extra: dict[str, Any] | None = None
+                       ) -> dict:
     """The JSON body of ``POST /transcribe`` (and the CLI's .json): frame probabilities rounded to 3 decimals,
     or only the notes with ``frames=False``. ``extra`` keys (the file name) come first."""
     body: dict[str, Any] = {**(extra or {}), "model": model_name, "duration": round(duration, TIME_DECIMALS),
-                            "sample_rate": sample_rate, "frame_rate": tr.frame_rate}
+                            "sample_rate": sample_rate, "frame_rate": frame_rate}
     if frames:
         body.update(times=round_list(tr.times, TIME_DECIMALS), pitches=tr.pitches.tolist(),
                     probabilities=round_list(tr.probabilities, PROBABILITY_DECIMALS))
@@ -185,12 +186,12 @@ def _fluidsynth(notes: list[dict], sample_rate: int, program: str, soundfont: st
         subprocess.run([program, "-ni", "-q", "-g", "0.6", "-r", str(sample_rate), "-T", "wav", "-F", str(wav),
                         soundfont, str(mid)], check=True, capture_output=True, timeout=600)
         audio, _ = sf.read(wav, dtype="float32", always_2d=True)
-    end = int(math.ceil(max(n["offset"] for n in notes) * sample_rate)) + sample_rate  # + 1 s of release
+    end = math.ceil(max(n["offset"] for n in notes) * sample_rate) + sample_rate  # + 1 s of release
     return np.clip(audio.mean(axis=1)[:end], -1, 1)
 
 
 def _additive(notes: list[dict], sample_rate: int) -> np.ndarray:
-    length = int(math.ceil((max((n["offset"] for n in notes), default=0.0) + 0.1) * sample_rate))
+    length = math.ceil((max((n["offset"] for n in notes), default=0.0) + 0.1) * sample_rate)
     out = np.zeros(max(length, 1), np.float64)
     for n in notes:
         a, b = int(n["onset"] * sample_rate), int(n["offset"] * sample_rate)
@@ -234,14 +235,11 @@ class TranscriptionResult:
     decoding: dict[str, float]
     duration: float                # seconds of the input
     sample_rate: int               # the model's analysis rate (the input was resampled to it)
+    frame_rate: float              # frames per second (sample_rate / the model's hop length)
     model_name: str = "transcriber"
     source: str | None = None      # the file's path, when transcribed from a file
     midi_tempo: float = 120.0      # beats per minute written in MIDI files (timing is in seconds either way)
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def frame_rate(self) -> float:
-        return self.transcription.frame_rate
 
     def to_midi(self, tempo_bpm: float | None = None) -> bytes:
         return notes_to_midi(self.notes, tempo_bpm=self.midi_tempo if tempo_bpm is None else tempo_bpm)
@@ -255,8 +253,8 @@ class TranscriptionResult:
 
     def to_json(self, frames: bool = True) -> bytes:
         """The service's JSON body; ``frames=False``: notes and decoding only (a few KB instead of MBs)."""
-        return dumps(transcription_json(self.model_name, self.duration, self.sample_rate, self.transcription,
-                                        self.decoding, self.notes, frames))
+        return dumps(transcription_json(self.model_name, self.duration, self.sample_rate, self.frame_rate,
+                                        self.transcription, self.decoding, self.notes, frames))
 
     def to_wav(self, sample_rate: int = 22050, synth: str = "auto") -> bytes:
         """The notes sonified (``sonify``), as a 16-bit WAV file."""
@@ -286,7 +284,8 @@ def transcribe_array(model: nn.Module, meta: dict, audio: np.ndarray, sample_rat
         if p is not None and not np.isfinite(p).all():
             raise AudioError(f"the model produced {int((~np.isfinite(p)).sum())} non-finite {name} probabilities")
     return TranscriptionResult(tr, decode(tr, decoding), dict(decoding), len(audio) / sample_rate,
-                               int(model.sample_rate), str(meta.get("name") or "transcriber"), source, midi_tempo)
+                               int(model.sample_rate), model.sample_rate / model.hop_length,
+                               str(meta.get("name") or "transcriber"), source, midi_tempo)
 
 
 def transcribe_file(source: str | Path | np.ndarray, sample_rate: int | None = None, *,

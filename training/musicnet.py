@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from models.checkpoint import build_model, count_parameters, load_checkpoint, read_checkpoint, save_checkpoint
-from models.transcription import decode_notes, decoding_defaults, heads, transcribe, window_samples
-from training.loop import (JsonlLogger, all_reduce_sum, autocast, git_commit, hardware_string, load_training_state,
-                           progress, save_training_state, seed_everything, setup_runtime, teardown, unwrap, wrap_ddp)
 from models.cli import add_arguments as add_transcribe_arguments
 from models.cli import run as run_transcribe
 from models.inference import load_audio, transcribe_file  # noqa: F401 - moved there, importable here
+from models.transcription import decode_notes, decoding_defaults, heads, transcribe, window_samples
+from training.loop import (JsonlLogger, all_reduce_sum, autocast, git_commit, hardware_string, load_training_state,
+                           progress, save_training_state, seed_everything, setup_runtime, teardown, unwrap, wrap_ddp)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex_v2.pt"
 DEFAULT_DATA = "/work/data/musicnet-rendered"
