@@ -4,7 +4,7 @@ unless you pass others), and the writers for every output format.
 
     from models.inference import transcribe_file
     result = transcribe_file("piece.wav")          # the bundled checkpoint, its calibrated decoding
-    result.notes[0]        # {"onset": 0.2554, "offset": 0.81, "pitch": 60, "confidence": 0.61}
+    result.notes[0]        # a dict: onset, offset (seconds), pitch (MIDI number), confidence (0-1)
     result.save("piece.mid")                       # also .csv, .npz, .json, .notes.json, .wav (sonified)
 
 Decoding options (keyword arguments of ``transcribe_file``, the CLI's options, the service's query parameters):
