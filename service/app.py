@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
 from .metrics import VERSION, Metrics
-from .middleware import BodySizeLimit, Hardening, MetricsMiddleware, RequestId, UploadGuard  # noqa: F401
+from .middleware import Hardening, MetricsMiddleware, RequestId, UploadGuard
 from .responses import add_exception_handlers
 from .routes import include_routes, reject_unknown_query
 from .routes.ops import DOCS_ASSETS, STATIC_DIR, swagger_ui_dir

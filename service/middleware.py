@@ -96,8 +96,6 @@ class UploadGuard:
         await self.app(scope, guarded_receive, send)
 
 
-BodySizeLimit = UploadGuard  # the former name
-
 
 class Hardening:
     """Headers: more than ``max_header_count``: 431. HEAD: served as GET without the body. Security headers on
