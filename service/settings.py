@@ -17,7 +17,7 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "models" / "checkpoint
 PREFIX = "DCN_"
 # DCN_ variables of the project's other tools (tests, containers, training), not of the service: never refused.
 OTHER_TOOLS = {"DCN_ARTIFACTS", "DCN_CHROMIUM", "DCN_COMPILED_BN", "DCN_CONTAINER_CACHE", "DCN_HOST_ADDRESS",
-               "DCN_HOST_PORT", "DCN_SAMPLES_DIR", "DCN_URL"}
+               "DCN_HOST_PORT", "DCN_SAMPLES_DIR", "DCN_URL", "DCN_BASE_SUITE"}
 
 
 class Settings(BaseSettings):
