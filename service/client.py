@@ -232,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", action="store_true", help="with --json: ask for frame probabilities too")
     p.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
+    # bounds (the server checks the thresholds too; these fail before connecting)
+    for name, lo, hi in (("chunk_ms", 1, 10_000), ("sample_rate", 1, 384_000), ("channels", 1, 64),
+                         ("onset_threshold", 0, 1), ("frame_threshold", 0, 1), ("min_note_length", 0, 10),
+                         ("timeout", 0.1, 3600)):
+        value = getattr(args, name)
+        if value is not None and not lo <= value <= hi:
+            parser.error(f"--{name.replace('_', '-')} {value:g} is outside [{lo:g}, {hi:g}]")
     return stream(args)
 
 

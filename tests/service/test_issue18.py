@@ -331,3 +331,6 @@ def test_stream_client_cannot_connect_one_line(tmp_path, monkeypatch, capsys):
     assert client_main(["stream", str(wav)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot connect to ws://127.0.0.1:{port}/transcribe/stream")
+    with pytest.raises(SystemExit) as e:  # bounded options fail before connecting
+        client_main(["stream", str(wav), "--min-note-length", "127.7"])
+    assert e.value.code == 2 and "outside [0, 10]" in capsys.readouterr().err
