@@ -87,3 +87,14 @@ def test_sonify_plays_the_notes(synth):
     assert abs(freqs[spectrum.argmax()] - 440) < 15  # the fundamental is the loudest partial
     wav = io.BytesIO(inference.wav_bytes(audio, sr))
     assert sf.info(wav).samplerate == sr
+
+
+def test_the_api_needs_no_training_or_service_code():
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import sys, models.inference, models.cli; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'training', 'service', 'benchmarks'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.strip() == "[]"
