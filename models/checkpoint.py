@@ -95,6 +95,8 @@ def read_checkpoint(source: str | os.PathLike | bytes) -> dict[str, Any]:
         name = "<bytes>"
     else:
         name = str(source)
+        if Path(source).is_dir():
+            raise CheckpointError(f"{name} is a directory; give the checkpoint file (.pt) inside it")
         if not Path(source).is_file():
             raise CheckpointError(f"checkpoint not found: {name}")
         fh = name

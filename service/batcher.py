@@ -43,7 +43,7 @@ class BatcherStopped(Exception):
 
 
 class _Job:
-    __slots__ = ("cancelled", "deadline", "done", "future", "items", "next", "priority", "results")
+    __slots__ = ("cancelled", "deadline", "done", "future", "items", "next", "priority", "results", "submitted")
 
     def __init__(self, items: Sequence[Any], future: asyncio.Future, deadline: float = float("inf"),
                  priority: bool = False) -> None:
@@ -55,6 +55,7 @@ class _Job:
         self.done = 0          # items with results
         self.future = future
         self.cancelled = False
+        self.submitted = time.monotonic()
 
     @property
     def waiting(self) -> int:
@@ -74,6 +75,7 @@ class Batcher:
         self.max_batch_delay = max_batch_delay_ms / 1000
         self.max_queue_size = max_queue_size
         self.on_batch = on_batch  # (batch size, seconds) -> None, for metrics
+        self.on_wait: Callable[[float], None] | None = None  # a job's seconds queued until its first batch
         self.depth = 0            # items waiting in the queue (not yet in a batch)
         self.item_seconds = item_seconds  # moving average of forward-pass seconds per item (None: not known)
         self.admission_margin = admission_margin
@@ -215,6 +217,8 @@ class Batcher:
                     jobs.popleft()
                     continue
                 batch.append((job, job.next))
+                if job.next == 0 and self.on_wait is not None:
+                    self.on_wait(time.monotonic() - job.submitted)
                 job.next += 1
                 self.depth -= 1
                 jobs.rotate(-1)

@@ -4,15 +4,18 @@
     python -m service.client stream recording.flac --fast         # as fast as the server accepts
     arecord -q -f S16_LE -r 16000 -c 1 | python -m service.client stream - --sample-rate 16000
     python -m service.client stream song.wav --json > events.jsonl   # every server message, one per line
+    python -m service.client stream song.wav --url http://10.0.0.5:8000   # or DCN_URL=http://10.0.0.5:8000
 
 A WAV on stdin is recognised by its header; other stdin is raw little-endian PCM (--sample-rate, --channels,
 --format). Notes are printed as the server sends them; the summary (latency, note count) at the end.
-Exit status: 0 after the summary, 1 when the server closed the stream with an error.
+Exit status: 0 after the summary, 1 when the server closed the stream with an error, 2 when it cannot connect
+(one line on stderr says why).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import struct
 import sys
 import threading
@@ -20,6 +23,8 @@ import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+DEFAULT_URL = "http://127.0.0.1:8000"
+URL_VARIABLE = "DCN_URL"  # the service's address for the clients (also listed in service/settings.py)
 NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 
 
@@ -104,14 +109,29 @@ def stdin_chunks(args: argparse.Namespace) -> tuple[dict, Iterator[bytes]]:
     return {"sample_rate": rate, "channels": channels, "format": fmt}, chunks()
 
 
+def stream_url(url: str) -> str:
+    """The service's address (http://host:port) or the stream's (ws://host:port/transcribe/stream) -> the latter."""
+    url = url.strip().rstrip("/")
+    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
+        if url.startswith(http):
+            url = ws + url[len(http):]
+    if "://" not in url:
+        url = "ws://" + url
+    return url if url.endswith("/transcribe/stream") else url + "/transcribe/stream"
+
+
 def stream(args: argparse.Namespace) -> int:
-    from websockets.exceptions import ConnectionClosed
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
     from websockets.sync.client import connect
 
     if args.source == "-":  # sent as it arrives (read1 returns what the pipe has)
         header, chunks = stdin_chunks(args)
     else:
-        header, chunks = file_chunks(args.source, args.chunk_ms)
+        try:
+            header, chunks = file_chunks(args.source, args.chunk_ms)
+        except (OSError, RuntimeError) as e:  # missing file; soundfile's LibsndfileError is a RuntimeError
+            sys.stderr.write(f"error: {args.source}: cannot read audio: {e}\n")
+            return 2
     header = {"type": "start", "protocol": 1, **header, "frames": bool(args.json and args.frames)}
     for key in ("onset_threshold", "frame_threshold", "min_note_length"):
         if getattr(args, key) is not None:
@@ -142,7 +162,15 @@ def stream(args: argparse.Namespace) -> int:
             status["code"] = 1
         out.flush()
 
-    with connect(args.url, max_size=None, open_timeout=args.timeout) as ws:
+    url = stream_url(args.url)
+    try:
+        ws = connect(url, max_size=None, open_timeout=args.timeout)
+    except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as e:
+        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        sys.stderr.write(f"error: cannot connect to {url}: {why} (is the service running? start it with dcn-serve; "
+                         f"--url or {URL_VARIABLE} give another address)\n")
+        return 2
+    with ws:
         ws.send(json.dumps(header))
         show(json.loads(ws.recv(timeout=args.timeout)))
 
@@ -188,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("stream", help="stream a file or stdin to /transcribe/stream and print the notes")
     p.add_argument("source", help="audio file, or - for stdin (a WAV stream, or raw PCM with --sample-rate)")
-    p.add_argument("--url", default="ws://127.0.0.1:8000/transcribe/stream")
+    p.add_argument("--url", default=os.environ.get(URL_VARIABLE) or DEFAULT_URL,
+                   help=f"the service (http://host:port) or the stream's ws:// URL; default ${URL_VARIABLE}, else "
+                        f"{DEFAULT_URL}")
     p.add_argument("--fast", action="store_true", help="do not pace a file in real time")
     p.add_argument("--chunk-ms", type=float, default=20.0, help="audio per message (files)")
     p.add_argument("--sample-rate", type=int, help="raw stdin: sample rate")
@@ -202,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", action="store_true", help="with --json: ask for frame probabilities too")
     p.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
+    # bounds (the server checks the thresholds too; these fail before connecting)
+    for name, lo, hi in (("chunk_ms", 1, 10_000), ("sample_rate", 1, 384_000), ("channels", 1, 64),
+                         ("onset_threshold", 0, 1), ("frame_threshold", 0, 1), ("min_note_length", 0, 10),
+                         ("timeout", 0.1, 3600)):
+        value = getattr(args, name)
+        if value is not None and not lo <= value <= hi:
+            parser.error(f"--{name.replace('_', '-')} {value:g} is outside [{lo:g}, {hi:g}]")
     return stream(args)
 
 

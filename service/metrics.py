@@ -1,14 +1,34 @@
-"""Prometheus instruments, on a registry per app (several apps in one process must not share counters)."""
+"""Prometheus instruments, on a registry per app (several apps in one process must not share counters).
+
+Label values come from fixed sets only, so no request can grow /metrics: routes are templates ("unmatched" for
+any other path), methods are the standard ones ("other" for any other token), models are the served keys."""
 from __future__ import annotations
 
+import platform
 import time
 from collections import deque
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import torch
+from prometheus_client import (
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 THROUGHPUT_WINDOW_S = 10.0
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+VERSION = "0.1.0"  # pyproject.toml's version
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
 
 
 class Metrics:
@@ -31,6 +51,16 @@ class Metrics:
         self.rejected = Counter("dcn_rejected", "requests not served: queue_full, timeout, disconnected",
                                 ["model", "reason"], registry=r)
         self.ready = Gauge("dcn_ready", "1 when all models are loaded and warmed up", registry=r)
+        self.queue_wait = Histogram("dcn_queue_wait_seconds", "time a request's items wait in the model's queue "
+                                    "until the first of them is in a batch", ["model"], buckets=WAIT_BUCKETS,
+                                    registry=r)
+        self.model_info = Gauge("dcn_model_info", "1 per served model: its name, version (checkpoint sha256 prefix) "
+                                "and device", ["model", "name", "version", "device"], registry=r)
+        Info("dcn_build", "service version and runtime", registry=r).info(
+            {"version": VERSION, "python": platform.python_version(), "torch": torch.__version__})
+        # process_* (CPU seconds, resident memory, open files, start time) and python_info, as every exporter has
+        r.register(PROCESS_COLLECTOR)
+        r.register(PLATFORM_COLLECTOR)
         # live transcription (WebSocket /transcribe/stream)
         self.streams_active = Gauge("dcn_streams_active", "live transcription streams open", registry=r)
         self.streams = Counter("dcn_streams", "live streams ended, by outcome: completed, idle, max_duration, "

@@ -86,12 +86,13 @@ class _Runner:
         self.model, self.meta = _load(self.path, device, self.task, env)
         self.name: str = self.meta.get("name") or self.path.stem
         self.sha256 = file_sha256(self.path)
+        self.version = self.sha256[:12]  # names the exact weights: a retrained checkpoint is a new version
         self.parameters = count_parameters(self.model)
 
     def info(self) -> dict[str, Any]:
         card = self.path.with_suffix(".md")
         return {"name": self.name, "task": self.task, "route": self.route, "arch": self.meta.get("arch"),
-                "checkpoint": public_path(self.path), "sha256": self.sha256, "parameters": self.parameters,
+                "version": self.version, "checkpoint": public_path(self.path), "sha256": self.sha256, "parameters": self.parameters,
                 "device": str(self.device), "metrics": public_metrics(self.meta.get("metrics", {})),
                 "model_card": public_path(card) if card.is_file() else None}
 
@@ -125,7 +126,12 @@ class ClassifierRunner(_Runner):
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "labels": self.class_names, "input_size": list(self.input_size),
-                "test_time_augmentation": "flip" if self.flip_tta else None}
+                "test_time_augmentation": "flip" if self.flip_tta else None,
+                "inputs": [{"name": "file", "content": "image: PNG, JPEG, BMP, GIF or WebP, any size and mode; "
+                                                      f"resized to {self.input_size[0]}x{self.input_size[1]} RGB",
+                            "repeatable": True}],
+                "outputs": [{"name": "label", "datatype": "string"},
+                            {"name": "probabilities", "datatype": "FP32", "shape": [len(self.class_names)]}]}
 
 
 class TranscriberRunner(_Runner):
@@ -202,5 +208,11 @@ class TranscriberRunner(_Runner):
                 "pitch_range": [int(self.pitches.min()), int(self.pitches.max())],
                 "sample_rate": self.sample_rate, "hop_length": self.hop_length, "frame_rate": self.frame_rate,
                 "window_seconds": self.window_samples / self.sample_rate, "heads": list(self.heads),
-                "decoding": dict(self.decoding)}
+                "decoding": dict(self.decoding),
+                "inputs": [{"name": "file", "content": "audio: WAV, FLAC, OGG, MP3; any rate, mono or stereo; "
+                                                      f"resampled to {self.sample_rate} Hz mono", "repeatable": True}],
+                "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.pitches)],
+                             "heads": list(self.heads)},
+                            {"name": "notes", "datatype": "object",
+                             "fields": ["onset", "offset", "pitch", "confidence"]}]}
 

@@ -20,7 +20,7 @@ class ClassifyResponse(BaseModel):
     results: list[ClassifyResult] = Field(description="one per uploaded file, in upload order")
 
 
-class Note(BaseModel):
+class Note(BaseModel, extra="allow"):
     onset: float = Field(description="seconds")
     offset: float = Field(description="seconds")
     pitch: int = Field(description="MIDI note number")
@@ -32,24 +32,30 @@ class Decoding(BaseModel):
                                                "the frame probability) reaches this")
     frame_threshold: float = Field(description="a note lasts while the frame probability stays above this")
     min_note_length: float = Field(description="shorter notes are dropped (seconds)")
+    minimum_frequency: float | None = Field(None, description="Hz; notes below were dropped (only when given)")
+    maximum_frequency: float | None = Field(None, description="Hz; notes above were dropped (only when given)")
 
 
 class TranscribeResponse(BaseModel):
+    """One recording. Several files in one request (format=json): ``{"model", "results": [...]}``, one of these per
+    file with its ``filename``, in upload order."""
+    filename: str | None = Field(None, description="several files only: the upload's file name")
     model: str
     duration: float = Field(description="length of the recording, seconds")
     sample_rate: int = Field(description="rate the model analysed the audio at (Hz); uploads are resampled to it")
     frame_rate: float = Field(description="frames per second")
-    times: list[float] = Field(description="frame centres, seconds")
-    pitches: list[int] = Field(description="MIDI note numbers of the probability columns")
-    probabilities: list[list[float]] = Field(
-        description="probabilities[i][j]: probability that pitches[j] sounds at times[i] (the frame head), "
-                    "rounded to 3 decimals")
+    times: list[float] | None = Field(None, description="frame centres, seconds (left out with frames=false)")
+    pitches: list[int] | None = Field(None, description="MIDI note numbers of the probability columns")
+    probabilities: list[list[float]] | None = Field(
+        None, description="probabilities[i][j]: probability that pitches[j] sounds at times[i] (the frame head), "
+                          "rounded to 3 decimals (left out with frames=false)")
     onsets: list[list[float]] | None = Field(
         None, description="models with an onset head only: onsets[i][j], probability that a note of pitches[j] "
                           "starts at times[i], rounded to 3 decimals")
     decoding: Decoding = Field(description="the thresholds the notes were decoded with: the query's, else the "
                                            "model's calibrated defaults")
-    notes: list[Note]
+    notes: list[Note] = Field(description="note events; notes may carry further keys (velocity, pitch bends) as "
+                                          "the transcriber provides them")
 
 
 class ModelInfo(BaseModel, extra="allow"):
@@ -57,6 +63,9 @@ class ModelInfo(BaseModel, extra="allow"):
     task: str
     route: str
     arch: str | None
+    version: str = Field(description="the first 12 hex digits of the checkpoint's sha256: new weights, new version")
+    inputs: list[dict] = Field(description="what the route takes (multipart field, content)")
+    outputs: list[dict] = Field(description="what it returns (name, datatype, shape)")
     checkpoint: str
     sha256: str
     parameters: int

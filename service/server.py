@@ -144,8 +144,9 @@ class GracefulServer(uvicorn.Server):
             self.should_exit = True
 
 
-def run(app: Any, settings: Settings, host: str, port: int) -> None:
-    server = GracefulServer(uvicorn_config(app, settings, host, port), app.state.service, settings.shutdown_grace_s)
+def run(app: Any, settings: Settings, host: str, port: int, **overrides: Any) -> None:
+    server = GracefulServer(uvicorn_config(app, settings, host, port, **overrides), app.state.service,
+                            settings.shutdown_grace_s)
     server.run()
     if not server.started:
         raise SystemExit(3)  # startup failed (uvicorn.run's exit status for it); the cause is logged in one line

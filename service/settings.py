@@ -1,23 +1,34 @@
-"""Service configuration: environment variables prefixed ``DCN_`` (e.g. ``DCN_DEVICE=cuda``)."""
+"""Service configuration: environment variables prefixed ``DCN_`` (e.g. ``DCN_DEVICE=cuda``).
+
+A ``DCN_`` variable that is not a setting below (a misspelling such as ``DCN_DEVIC``) stops startup, as does a value
+a setting does not accept; ``settings_error`` turns either into one line that names the variable."""
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
+PREFIX = "DCN_"
+# DCN_ variables of the project's other tools (tests, containers, training), not of the service: never refused.
+OTHER_TOOLS = {"DCN_ARTIFACTS", "DCN_CHROMIUM", "DCN_COMPILED_BN", "DCN_CONTAINER_CACHE", "DCN_HOST_ADDRESS",
+               "DCN_HOST_PORT", "DCN_SAMPLES_DIR", "DCN_URL", "DCN_BASE_SUITE"}
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DCN_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
 
-    # Models
-    classifier_checkpoint: Path = Field(CHECKPOINT_DIR / "cifar10_complex.pt",
-                                        description="checkpoint served at /classify")
-    transcriber_checkpoint: Path = Field(CHECKPOINT_DIR / "musicnet_complex_v2.pt",
-                                         description="checkpoint served at /transcribe")
+    # Models. An empty value: that model is not served (its routes answer 404); at least one must be.
+    classifier_checkpoint: Path | None = Field(CHECKPOINT_DIR / "cifar10_complex.pt",
+                                               description="checkpoint served at /classify; empty: not served")
+    transcriber_checkpoint: Path | None = Field(CHECKPOINT_DIR / "musicnet_complex_v2.pt",
+                                                description="checkpoint served at /transcribe and "
+                                                            "/transcribe/stream; empty: not served")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
     classify_tta: bool = Field(True, description="average each image with its mirror image (as the model card's "
                                                  "accuracy was measured); false doubles /classify throughput")
@@ -82,4 +93,52 @@ class Settings(BaseSettings):
     # Server (python -m service)
     host: str = Field("127.0.0.1", description="bind address (--host overrides)")
     port: int = Field(8000, ge=0, le=65535, description="port (--port overrides)")
-    log_level: str = Field("info", description="debug, info, warning, error")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="debug, info, warning, error, critical")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line (with the "
+                                                                    "request id), for log collectors")
+
+    @field_validator("classifier_checkpoint", "transcriber_checkpoint", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _something_served(self) -> Settings:
+        if self.classifier_checkpoint is None and self.transcriber_checkpoint is None:
+            raise ValueError("DCN_CLASSIFIER_CHECKPOINT and DCN_TRANSCRIBER_CHECKPOINT are both empty: nothing to "
+                             "serve")
+        unknown = unknown_variables(os.environ)
+        if unknown:
+            raise ValueError(unknown[0])
+        return self
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One message per DCN_ variable that is no setting (with the closest setting's name when there is one)."""
+    known = {PREFIX + name.upper() for name in Settings.model_fields}
+    out = []
+    for name in sorted(environ):
+        if name.upper().startswith(PREFIX) and name.upper() not in known | OTHER_TOOLS:
+            close = difflib.get_close_matches(name.upper(), sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            out.append(f"{name} is not a setting{hint}; the settings are in service/settings.py and the README")
+    return out
+
+
+def settings_error(e: ValidationError) -> str:
+    """A settings ValidationError as one line: the variable, what is wrong, the value given."""
+    first = e.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "__root__"]
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    if not loc:
+        return msg
+    given = first.get("input")
+    shown = f" (got {given!r})" if isinstance(given, (str, int, float)) else ""
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{PREFIX}{loc[0].upper()}: {msg}{shown}{more}"

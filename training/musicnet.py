@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from models.checkpoint import build_model, count_parameters, load_checkpoint, read_checkpoint, save_checkpoint
+from models.cli import add_arguments as add_transcribe_arguments
+from models.cli import run as run_transcribe
+from models.inference import load_audio, transcribe_file  # noqa: F401 - moved there, importable here
 from models.transcription import REONSET_KEY, decode_notes, decoding_defaults, heads, transcribe, window_samples
 from training.loop import (JsonlLogger, all_reduce_sum, autocast, git_commit, hardware_string, load_training_state,
                            progress, save_training_state, seed_everything, setup_runtime, teardown, unwrap, wrap_ddp)
-from training.transcribe import add_arguments as add_transcribe_arguments
-from training.transcribe import load_audio, transcribe_file  # noqa: F401 - moved there, importable here
-from training.transcribe import run as run_transcribe
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex_v2.pt"
 DEFAULT_DATA = "/work/data/musicnet-rendered"
@@ -698,7 +698,8 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--grid", choices=["frames", "authors"], default="frames",
                    help="frames: every hop_length samples over whole recordings (AP, frame and note metrics); "
                         "authors: 7,500 windows per file at stride 128 from 1 s in, micro-AP as the authors compute it")
-    r = sub.add_parser("transcribe", help="audio files and folders -> .mid / .npz / .csv (training/transcribe.py)")
+    r = sub.add_parser("transcribe", help="audio files and folders -> .mid / .csv / .npz / .json / .wav: "
+                                                  "the dcn-transcribe command (models/cli.py)")
     add_transcribe_arguments(r)
     a = ap.parse_args(argv)
     if a.cmd == "train":

@@ -48,9 +48,21 @@ def test_index_and_docs(client):
     params = {p["name"] for p in paths["/transcribe"]["post"]["parameters"]}
     assert {"onset_threshold", "frame_threshold", "min_note_length", "format"} <= params
     fmt = next(p for p in paths["/transcribe"]["post"]["parameters"] if p["name"] == "format")
-    assert fmt["schema"]["enum"] == ["json", "npz", "midi", "csv"]
+    assert fmt["schema"]["enum"] == ["json", "npz", "midi", "mid", "csv"]
     assert "text/csv" in paths["/transcribe"]["post"]["responses"]["200"]["content"]
-    assert client.get("/docs").status_code == 200
+
+
+def test_docs_work_offline(client):
+    """Issue 18, problem 5: /docs loads Swagger UI from this server (an installed package), nothing from a CDN."""
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text) + re.findall(r"url: '([^']+)'", page.text)
+    assert assets and all(a.startswith("/") for a in assets), assets  # no http(s)://anywhere
+    for a in assets:
+        r = client.get(a)
+        assert r.status_code == 200 and r.content, a
+    assert "SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").text
+    assert client.get("/redoc", follow_redirects=False).headers["location"] == "/docs"
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "WEBP"])

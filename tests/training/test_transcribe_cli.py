@@ -1,5 +1,6 @@
-"""The transcribe CLI (training/transcribe.py via ``python -m training.musicnet transcribe``): many files and folders
-with one model load, per-file errors that do not stop the others, and the single-file ``--out`` form."""
+"""The transcription command (models/cli.py: ``dcn-transcribe``, also ``python -m training.musicnet transcribe``):
+many files and folders with one model load, per-file errors that do not stop the others, the single-file ``--out``
+form, option conflicts and bounds as usage errors, Basic Pitch's option names and the outputs they add."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from models import inference
 from training import musicnet as cli
-from training import transcribe as tcli
 
 ROOT = Path(__file__).resolve().parents[2]
 CKPT = ROOT / "models" / "checkpoints" / "musicnet_complex.pt"
@@ -41,14 +42,16 @@ def write(path: Path, sr: int = 22050, **kw) -> Path:
 def loads(monkeypatch):
     """Counts checkpoint loads."""
     calls = []
-    real = tcli.load_checkpoint
+    real = inference.load_checkpoint
 
     def counting(*a, **k):
         calls.append(a)
         return real(*a, **k)
 
-    monkeypatch.setattr(tcli, "load_checkpoint", counting)
-    return calls
+    inference._load_cached.cache_clear()  # loaded models are cached per process: count real loads
+    monkeypatch.setattr(inference, "load_checkpoint", counting)
+    yield calls
+    inference._load_cached.cache_clear()
 
 
 def run_main(argv: list[str]) -> int:
@@ -143,7 +146,18 @@ def test_single_file_out_form_still_works(tmp_path, capsys):
     (["a.wav", "--out", "x.mid", "--out-dir", "o"], "--out-dir"),
     (["a.wav", "--out", "x.wave"], "unknown output type"),
     (["a.wav", "--out-dir", "o", "--format", "mid,xml"], "unknown format"),
-    (["a.wav", "--out-dir", "o", "--onset-threshold", "1.5"], "not in [0, 1]"),
+    (["a.wav", "--out-dir", "o", "--onset-threshold", "1.5"], "outside [0, 1]"),
+    # issue 18, problem 3: conflicting options are errors, not silently ignored
+    (["a.wav", "--out", "x.mid", "--format", "csv"], "--format"),
+    (["a.wav", "--out", "x.mid", "--save-note-events"], "--format"),
+    (["a.wav", "--out-dir", "o", "--min-note-length", "0.1", "--minimum-note-length", "100"], "not both"),
+    (["a.wav", "--out-dir", "o", "--minimum-frequency", "500", "--maximum-frequency", "100"], "exceeds"),
+    # problem 4: Basic Pitch's milliseconds given as seconds, negative and absurd values
+    (["a.wav", "--out-dir", "o", "--min-note-length", "127.7"], "milliseconds"),
+    (["a.wav", "--out-dir", "o", "--min-note-length", "-1"], "outside"),
+    (["a.wav", "--out-dir", "o", "--midi-tempo", "0"], "outside"),
+    (["a.wav", "--out-dir", "o", "--threads", "0"], "outside"),
+    (["a.wav", "--out-dir", "o", "--sonification-samplerate", "10"], "outside"),
 ])
 def test_usage_errors(argv, words, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -172,3 +186,37 @@ def test_module_entry_point_exit_status(tmp_path):
     assert [line for line in p.stderr.splitlines() if line.startswith("error:")] == [
         f"error: {tmp_path / 'nope.wav'}: no such file"]
     assert json.loads(p.stdout)["outputs"] == [str(tmp_path / "o" / "ok.csv")]
+
+
+def test_basic_pitch_flags_outputs_and_skip_existing(tmp_path, capsys):
+    """--save-midi/--save-note-events/--sonify-midi add formats; --minimum-note-length is milliseconds;
+    frequency limits drop notes; --midi-tempo is written; --skip-existing leaves finished inputs alone."""
+    wav = write(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    argv = ["transcribe", str(wav), "--out-dir", str(out), "--save-midi", "--save-note-events", "--sonify-midi",
+            "--midi-tempo", "90", "--minimum-note-length", "50", "--sonification-samplerate", "16000", *COMMON]
+    assert run_main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["outputs"] == [str(out / n) for n in ("a.mid", "a.sonified.wav", "a.csv")]
+    audio, sr = sf.read(out / "a.sonified.wav")
+    assert sr == 16000 and np.abs(audio).max() > 0.01
+    tempos = [m.tempo for m in mido.MidiFile(out / "a.mid") if m.type == "set_tempo"]
+    assert tempos == [mido.bpm2tempo(90)]
+    # skip: nothing rewritten, the summary says so
+    before = (out / "a.csv").stat().st_mtime_ns
+    assert run_main(argv + ["--skip-existing"]) == 0
+    assert "skipped" in json.loads(capsys.readouterr().out) and (out / "a.csv").stat().st_mtime_ns == before
+    # only the E above middle C and up: the chord's C (261.6 Hz) is dropped
+    assert run_main(["transcribe", str(wav), "--out", str(tmp_path / "hi.notes.json"), "--minimum-frequency", "300",
+                     *COMMON]) == 0
+    capsys.readouterr()
+    body = json.loads((tmp_path / "hi.notes.json").read_text())
+    assert "probabilities" not in body and body["decoding"]["minimum_frequency"] == 300
+    assert body["notes"] and min(n["pitch"] for n in body["notes"]) >= 63
+
+
+def test_an_output_never_overwrites_its_input(tmp_path, capsys):
+    wav = write(tmp_path / "a.wav")
+    before = wav.read_bytes()
+    assert run_main(["transcribe", str(wav), "--out", str(wav), *COMMON]) == 2
+    assert "overwrite this input" in capsys.readouterr().err and wav.read_bytes() == before
