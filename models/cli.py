@@ -190,12 +190,18 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
                    help="Hz: notes below are dropped")
     d.add_argument("--maximum-frequency", type=_bounded("maximum_frequency"), default=None,
                    help="Hz: notes above are dropped")
+    d.add_argument("--monophonic", action="store_true",
+                   help="at most one note at a time (a voice, a solo wind or string line)")
+    d.add_argument("--pitch-bends", action="store_true",
+                   help="each note's fine pitch (vibrato, glides) as pitch-wheel events in the MIDI and per-frame cents "
+                        "in the JSON; each note bends on a channel of its own (Basic Pitch's --multiple-pitch-bends)")
 
 
 def decoding_options(a: argparse.Namespace) -> dict:
     ml = a.min_note_length if a.minimum_note_length is None else a.minimum_note_length / 1000
     return {"onset_threshold": a.onset_threshold, "frame_threshold": a.frame_threshold, "min_note_length": ml,
-            "minimum_frequency": a.minimum_frequency, "maximum_frequency": a.maximum_frequency}
+            "minimum_frequency": a.minimum_frequency, "maximum_frequency": a.maximum_frequency,
+            "monophonic": a.monophonic, "pitch_bends": a.pitch_bends}
 
 
 def check_arguments(a: argparse.Namespace) -> str | None:

@@ -37,6 +37,7 @@ from .transcription import (
     heads,
     notes_to_csv,
     notes_to_midi,
+    REONSET_KEY,
     round_list,
     transcribe,
     transcription_npz,
@@ -46,6 +47,7 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "musicnet
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 THRESHOLDS = ("onset_threshold", "frame_threshold", "min_note_length")  # decode_notes' arguments
 FREQUENCY_FILTERS = ("minimum_frequency", "maximum_frequency")
+FLAGS = ("monophonic", "pitch_bends")  # decode_notes' switches: one note at a time; fine pitch per note
 # Inclusive bounds of every decoding option. min_note_length is in seconds; 10 s keeps Basic Pitch's milliseconds
 # (default 127.70) from passing as seconds and silently giving no notes.
 BOUNDS = {"onset_threshold": (0.0, 1.0), "frame_threshold": (0.0, 1.0), "min_note_length": (0.0, 10.0),
@@ -108,9 +110,17 @@ def resolve_decoding(model: nn.Module, meta: dict | None = None, **overrides: fl
     """The decoding to use: explicit values over the model's calibrated ``decoding_defaults``; the frequency
     filters only when given. ValueError for an unknown option, a value out of bounds, a frame-only model's
     frame threshold over its onset threshold, or a minimum frequency over the maximum."""
+    flags = {k: overrides.pop(k) for k in FLAGS if k in overrides}
     given = {k: check_decoding_option(k, v) for k, v in overrides.items() if v is not None}
     defaults = decoding_defaults(model, meta)
     d = {k: float(given.get(k, defaults[k])) for k in THRESHOLDS}
+    if defaults.get(REONSET_KEY) is not None:  # calibrated with the model; not a user option
+        d[REONSET_KEY] = float(defaults[REONSET_KEY])
+    if flags.get("monophonic") and "onset" not in heads(model):
+        raise ValueError("monophonic decoding needs a model with an onset head")
+    if flags.get("pitch_bends") and "bend" not in heads(model):
+        raise ValueError("pitch_bends needs a model with a fine-pitch output (musicnet_complex_v3 and later)")
+    d.update({k: True for k in FLAGS if flags.get(k)})
     if "onset" not in heads(model) and d["frame_threshold"] > d["onset_threshold"]:
         # Frame-only models: a note is a run above frame_threshold that reaches onset_threshold.
         # With an onset head the two thresholds apply to different heads and are independent.
@@ -131,7 +141,8 @@ def decode(tr: Transcription, decoding: dict[str, float]) -> list[dict]:
     """Note events as the CLI, the service and ``transcribe_file`` produce them: ``decode_notes`` with the
     resolved thresholds, then the frequency filter (each pitch is decoded on its own, so dropping a pitch's notes
     afterwards equals masking its probabilities before)."""
-    notes = decode_notes(tr, *(decoding[k] for k in THRESHOLDS))
+    notes = decode_notes(tr, *(decoding[k] for k in THRESHOLDS), defaults={REONSET_KEY: decoding.get(REONSET_KEY)},
+                         monophonic=bool(decoding.get("monophonic")), pitch_bends=bool(decoding.get("pitch_bends")))
     lo, hi = decoding.get("minimum_frequency", 0.0), decoding.get("maximum_frequency", math.inf)
     return [n for n in notes if lo <= midi_to_hz(n["pitch"]) <= hi]
 
@@ -295,7 +306,8 @@ def transcribe_file(source: str | Path | np.ndarray, sample_rate: int | None = N
     any rate: pass ``sample_rate``). ``checkpoint``: a transcriber checkpoint (default: the bundled
     musicnet_complex_v2); ``device``: cpu (default), cuda or auto. ``decoding``: onset_threshold,
     frame_threshold, min_note_length (s), minimum_frequency, maximum_frequency (Hz); left out: the model's
-    calibrated values, as the CLI and the service use. The model is loaded once per checkpoint and device."""
+    calibrated values, as the CLI and the service use; ``monophonic=True`` (one note at a time: voice, solo
+    lines) and ``pitch_bends=True`` (fine pitch per note, written into MIDI) switch decoding modes. The model is loaded once per checkpoint and device."""
     if isinstance(source, np.ndarray):
         if sample_rate is None:
             raise ValueError("an array needs its sample_rate")

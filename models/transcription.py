@@ -335,10 +335,11 @@ def _bend_channels(notes: list[dict]) -> list[int]:
 
 
 def notes_to_midi(notes: list[dict], program: int = 0, ticks_per_beat: int = 480, tempo_bpm: float = 120.0,
-                  pitch_bends: bool = False) -> bytes:
+                  pitch_bends: bool | None = None) -> bytes:
     """A Standard MIDI File (type 0) of the note events; velocity is the note's ``velocity`` (models with a velocity
-    head), else it follows confidence. ``pitch_bends`` (notes decoded with ``pitch_bends=True``): each note's
-    fine pitch as pitch-wheel events (+-2 semitones range), every note on a channel of its own while it sounds."""
+    head), else it follows confidence. Pitch bends (notes decoded with ``pitch_bends=True``; ``pitch_bends=False``
+    leaves them out): each note's fine pitch as pitch-wheel events (+-2 semitones range), every note on a channel
+    of its own while it sounds."""
     import mido
 
     mid = mido.MidiFile(type=0, ticks_per_beat=ticks_per_beat)
@@ -346,7 +347,7 @@ def notes_to_midi(notes: list[dict], program: int = 0, ticks_per_beat: int = 480
     mid.tracks.append(track)
     tempo = mido.bpm2tempo(tempo_bpm)
     track.append(mido.MetaMessage("set_tempo", tempo=tempo, time=0))
-    bending = pitch_bends and any("pitch_bends" in n for n in notes)
+    bending = pitch_bends is not False and any("pitch_bends" in n for n in notes)
     channels = _bend_channels(notes) if bending else [0] * len(notes)
     for c in sorted(set(channels)) or [0]:
         track.append(mido.Message("program_change", program=program, channel=c, time=0))

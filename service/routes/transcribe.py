@@ -71,6 +71,11 @@ def add_routes(r: FastAPI, service: Service) -> None:
             maximum_frequency: float | None = _option("maximum_frequency", "Hz: notes above are dropped"),
             midi_tempo: float = Query(120.0, gt=0, le=1000, description="format=midi: tempo written in the file "
                                                                         "(beats per minute; times are in seconds)"),
+            monophonic: bool = Query(False, description="at most one note at a time (a voice, a solo wind or "
+                                                        "string line)"),
+            pitch_bends: bool = Query(False, description="each note's fine pitch: per-frame cents in the JSON notes "
+                                                         "(pitch_bends), pitch-wheel events in MIDI (a channel per "
+                                                         "sounding note)"),
             frames: bool = Query(True, description="format=json: false leaves out times, pitches, probabilities "
                                                    "and onsets (notes and decoding only: a few KB)"),
             format: Literal["json", "npz", "midi", "mid", "csv"] = Query("json", description="response format"),
@@ -86,7 +91,8 @@ def add_routes(r: FastAPI, service: Service) -> None:
         try:
             decoding = resolve_decoding(runner.model, runner.meta, onset_threshold=onset_threshold,
                                         frame_threshold=frame_threshold, min_note_length=min_note_length,
-                                        minimum_frequency=minimum_frequency, maximum_frequency=maximum_frequency)
+                                        minimum_frequency=minimum_frequency, maximum_frequency=maximum_frequency,
+                                        monophonic=monophonic, pitch_bends=pitch_bends)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
         service.precheck("transcriber")  # overloaded: refuse before spending CPU on decoding

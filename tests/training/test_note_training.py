@@ -88,7 +88,51 @@ def test_note_transcriber_trains_and_calibrates(root, tmp_path):
     cli.main(["calibrate", "--checkpoint", str(path), "--data", str(root), "--split", "val", "--out", str(out),
               "--threads", "1"])
     model, meta = load_checkpoint(out)
-    assert set(meta["decoding"]) == {"onset_threshold", "frame_threshold", "min_note_length"}
+    assert {"onset_threshold", "frame_threshold", "min_note_length"} <= set(meta["decoding"]) <= {
+        "onset_threshold", "frame_threshold", "min_note_length", "reonset_threshold"}
     assert model.decoding == meta["decoding"]
     assert not torch.equal(model.calibration, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
     assert meta["calibration"]["split"] == "val" and meta["calibration"]["recordings"] == len(NOTES)
+
+
+def test_velocity_targets_mark_onsets_of_known_velocity_only():
+    from training.data.musicnet import Labels
+    lab = Labels(np.array([100, 1000]), np.array([900, 2000]), np.array([60, 62]), np.array([0, 0]), 1000,
+                 np.array([64, -1]))
+    positions = np.arange(0, 2200, 100)
+    v = lab.onsets(positions, [60, 62], 50, spread=1, values="velocity")
+    on = lab.onsets(positions, [60, 62], 50, spread=1)
+    assert np.allclose(v[on[:, 0] > 0, 0], 64 / 127) and (v[on[:, 0] == 0, 0] == -1).all()
+    assert (v[:, 1] == -1).all()  # unknown velocity: masked out, not "silent"
+
+
+def test_velocity_loss_is_masked_and_probability_heads_use_bce():
+    import torch.nn.functional as F
+
+    from training.musicnet import transcription_loss
+    logits = torch.zeros(1, 4, 2, 3)
+    y = torch.zeros(1, 4, 2, 3)
+    y[..., 2] = -1.0
+    base = transcription_loss(logits, y, ("frame", "onset", "velocity"))
+    assert torch.isclose(base, F.binary_cross_entropy_with_logits(logits[..., :2], y[..., :2]))
+    y[0, 1, 0, 2] = 1.0  # one onset of velocity 127: sigmoid(0) = 0.5 is off by 0.5
+    assert torch.isclose(transcription_loss(logits, y, ("frame", "onset", "velocity")), base + 0.5 * 0.25)
+
+
+def test_warm_start_adds_a_velocity_head_and_keeps_the_calibrated_outputs(tmp_path):
+    from models.checkpoint import build_model, save_checkpoint
+    from models.transcription import window_samples
+    from training.musicnet import init_from_checkpoint
+    torch.manual_seed(0)
+    cfg = {"frames_per_window": 20, "channels": 4, "hidden": 8}
+    old = build_model("complex_note_transcriber", cfg).eval()
+    with torch.no_grad():
+        old.calibration.copy_(torch.tensor([[0.8, -0.5], [0.6, -0.9]]))
+    save_checkpoint(tmp_path / "old.pt", old, "complex_note_transcriber", cfg, {})
+    new = build_model("complex_note_transcriber", {**cfg, "heads": ("frame", "onset", "velocity")})
+    init_from_checkpoint(new, str(tmp_path / "old.pt"))
+    new.eval()
+    x = torch.randn(2, window_samples(new)) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(new(x)[..., :2], old(x), atol=1e-5, rtol=1e-5)
+    assert torch.equal(new.calibration, torch.tensor([[1.0, 0.0]] * 3))
