@@ -106,7 +106,7 @@ def test_compare_plain_folder_and_musicnet_layout(tmp_path, capsys):
 
 
 def test_note_errors_classify_false_notes_and_measure_offsets():
-    from benchmarks.transcribe_compare import note_errors
+    from training.metrics import note_errors
     ref_i = np.array([[0.0, 1.0], [1.0, 2.0]])
     ref_p = np.array([48, 50])
     notes = [{"onset": 0.01, "offset": 1.06, "pitch": 48},   # matched, ends 60 ms late
