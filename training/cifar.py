@@ -325,7 +325,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     first_1000 = evaluate_model(model, val_set.subset(slice(0, 1000)), flip_tta=True)
     extra = {"val_accuracy_final_weights": round(evaluate_model(raw_model, val_set, flip_tta=True)["accuracy"], 4)} \
         if ema is not None else {}
-    result = {**extra, "val_accuracy": round(final["accuracy"], 4), "val_accuracy_no_tta": round(final_plain["accuracy"], 4),
+    result = {**extra, "val_accuracy": round(final["accuracy"], 4),
+              "val_accuracy_no_tta": round(final_plain["accuracy"], 4),
               "val_images": final["images"], "val_accuracy_first_1000": round(first_1000["accuracy"], 4),
               "val_per_class": final["per_class"], "train_images": len(train_set), "epochs": cfg.epochs,
               "training_time_s": round(elapsed, 1), "images_per_s": metrics.get("images_per_s"), "params": n_params}

@@ -1,6 +1,7 @@
 """Loaders of the official small-image formats (files generated here), the fixed split, batches, augmentation."""
 from __future__ import annotations
 
+import gzip
 import json
 import pickle
 import tarfile
@@ -214,7 +215,7 @@ def test_pack_round_trip_is_lossless_across_separate_unpacks(tmp_path):
     first, second = tmp_path / "call1", tmp_path / "call2"
     for d, files in ((first, ["part-0.webp"]), (second, ["part-1.webp", "part-2.webp"])):
         d.mkdir()
-        for f in files + ["manifest.json"]:
+        for f in files + ["manifest.json.gz"]:
             (d / f).write_bytes((tmp_path / "pack" / f).read_bytes())
     cache = tmp_path / "cache"
     status = unpack_cifar10([first], cache)
@@ -235,9 +236,9 @@ def test_unpack_refuses_a_corrupt_part(tmp_path):
 
     src = write_cifar10_folder(tmp_path / "src", per_batch=20)
     pack_cifar10(src, tmp_path / "pack", parts=2)
-    manifest = tmp_path / "pack" / "manifest.json"
-    m = json.loads(manifest.read_text())
+    manifest = tmp_path / "pack" / "manifest.json.gz"
+    m = json.loads(gzip.decompress(manifest.read_bytes()))
     m["parts"][1]["sha256"] = "0" * 64
-    manifest.write_text(json.dumps(m))
+    manifest.write_bytes(gzip.compress(json.dumps(m).encode()))
     with pytest.raises(DatasetError, match="SHA-256"):
         unpack_cifar10([tmp_path / "pack"], tmp_path / "cache")

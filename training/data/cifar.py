@@ -11,6 +11,8 @@ simpler than any data-loader pipeline; augmentation then runs on whole batches w
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import pickle
 import tarfile
@@ -265,16 +267,15 @@ def augment(images: torch.Tensor, pad: int = 4, flip: bool = True, cutout: int =
 # Lossless transfer packs: CIFAR-10's 150 MB of training batches cut into WebP-lossless mosaics (~55% of the raw
 # size), so that they fit, a few parts per call, under a GPU machine's upload limit (scripts/gpu_check.py).
 #
-#     python -m training.data.cifar pack ../shared/data/cifar-10-batches-py .gpu/cifar --parts 4
+#     python -m training.data.cifar pack ../shared/data/cifar-10-batches-py .gpu/cifar --parts 8
 #     python -m training.data.cifar unpack .gpu/cifar --cache /tmp/dcn-cifar    # on the GPU machine, once per call
 
-PACK_MANIFEST = "manifest.json"
+PACK_MANIFEST = "manifest.json.gz"  # gzip: the 50,000 file names are most of it
 _TILE = 32
 _COLUMN = 16352 // _TILE  # images per mosaic column: WebP images are at most 16383 px high
 
 
 def _sha256(a: np.ndarray) -> str:
-    import hashlib
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
@@ -293,7 +294,7 @@ def _unmosaic(mosaic: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(grid[:n].transpose(0, 3, 1, 2))
 
 
-def pack_cifar10(src: str | Path, dst: str | Path, parts: int = 4) -> dict:
+def pack_cifar10(src: str | Path, dst: str | Path, parts: int = 8) -> dict:
     """Write ``dst``/part-K.webp (consecutive slices of the training images, batch order) and the manifest (labels,
     file names, batch labels, batches.meta, SHA-256 of every batch's pixels and every part). Lossless: checked here
     by decoding each part again."""
@@ -330,7 +331,7 @@ def pack_cifar10(src: str | Path, dst: str | Path, parts: int = 4) -> dict:
     meta = (src / "batches.meta").read_bytes() if (src / "batches.meta").is_file() else b""
     manifest = {"format": "cifar10-webp-pack/1", "batches": batches_info, "parts": part_info,
                 "batches_meta_hex": meta.hex()}
-    (dst / PACK_MANIFEST).write_text(json.dumps(manifest))
+    (dst / PACK_MANIFEST).write_bytes(gzip.compress(json.dumps(manifest).encode(), mtime=0))
     return {"parts": part_info, "raw_bytes": int(images.nbytes),
             "packed_bytes": sum(p["bytes"] for p in part_info) + (dst / PACK_MANIFEST).stat().st_size}
 
@@ -344,12 +345,13 @@ def unpack_cifar10(packs: list[str | Path], cache: str | Path) -> dict:
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     manifest = None
-    for pack in map(Path, packs):
-        if (pack / PACK_MANIFEST).is_file():
-            manifest = json.loads((pack / PACK_MANIFEST).read_text())
-            (cache / PACK_MANIFEST).write_text(json.dumps(manifest))
-    if manifest is None and (cache / PACK_MANIFEST).is_file():
-        manifest = json.loads((cache / PACK_MANIFEST).read_text())
+    for folder in [*map(Path, packs), cache]:  # the cache keeps the manifest of an earlier call
+        if (folder / PACK_MANIFEST).is_file():
+            raw = (folder / PACK_MANIFEST).read_bytes()
+            manifest = json.loads(gzip.decompress(raw))
+            if folder != cache:
+                (cache / PACK_MANIFEST).write_bytes(raw)
+            break
     if manifest is None:
         raise DatasetError(f"no {PACK_MANIFEST} in {[str(p) for p in packs]} or {cache}")
     for part in manifest["parts"]:
@@ -395,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("pack", help="official training batches -> WebP-lossless parts + manifest")
     a.add_argument("src")
     a.add_argument("dst")
-    a.add_argument("--parts", type=int, default=4)
+    a.add_argument("--parts", type=int, default=8)
     b = sub.add_parser("unpack", help="parts (from one or more calls) -> cache; the official folder once complete")
     b.add_argument("packs", nargs="+")
     b.add_argument("--cache", required=True)
