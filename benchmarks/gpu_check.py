@@ -412,8 +412,10 @@ def stage_train(run: Run, budget: float) -> dict:
     if run.cpu:
         recipe += ["--device", "cpu", "--threads", "1", "--batch-size", "32", "--val-size", "64", "--train-limit",
                    "128", "--cutout", "0"]
+    # the real twin at the complex net's parameter budget: a complex conv of C channels has 2 C^2 k^2 weights
+    widths = [4, 8, 8, 16] if run.cpu else a.train_widths
     results = {}
-    for name, arch, tiny in (("complex", "complex_resnet9", [4, 8, 8, 16]), ("real", "real_resnet9", [6, 11, 11, 23])):
+    for name, arch, scale in (("complex", "complex_resnet9", 1.0), ("real", "real_resnet9", 2 ** 0.5)):
         left = t_end - time.monotonic()
         if left < 30:
             rows.append((f"cifar10 {name}", "not run: stage budget"))
@@ -421,8 +423,8 @@ def stage_train(run: Run, budget: float) -> dict:
         save = run.out / f"cifar10_{name}.pt"
         cmd = [sys.executable, "-m", "training.cifar", "train", "--arch", arch, "--data", str(data), *recipe,
                "--out", str(Path(run.tmp.name) / name), "--save", str(save)]
-        if run.cpu:
-            cmd += ["--arch-config", json.dumps({"widths": tiny})]
+        if widths:
+            cmd += ["--arch-config", json.dumps({"widths": [round(scale * w) for w in widths]})]
         log = run.out / f"train_{name}.log"
         rc, out = run.command(cmd, timeout=left - 10, log=log)
         run.log(f"(training output in {log.name})")
@@ -608,6 +610,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="training time of the complex run; its epochs follow from the throughput measured first")
     p.add_argument("--train-epochs", type=int, default=0, help="fixed epochs instead (0: from --train-seconds)")
     p.add_argument("--train-args", default="--ema 0.995", help="more training.cifar flags for both runs")
+    p.add_argument("--train-widths", type=lambda s: [int(w) for w in s.split(",")],
+                   help="complex widths, e.g. 40,80,160,320 (default 32,64,128,256); the real twin gets sqrt(2) x")
     p.add_argument("--prepare", type=Path, metavar="DIR",
                    help="here: download the device's missing wheels and pack CIFAR-10 into DIR; print the calls")
     p.add_argument("--prepare-cifar", type=Path, default=SHARED_CIFAR)
