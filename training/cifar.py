@@ -14,6 +14,7 @@ in eval mode, so its numbers are deterministic.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import shlex
@@ -76,6 +77,8 @@ class TrainConfig:
     schedule: str = "onecycle"  # onecycle: linear 0 -> lr over warmup_epochs, then linear -> 0 | paper: steps
     warmup_epochs: float = 5.0
     label_smoothing: float = 0.2
+    ema: float = 0.0  # > 0: keep an exponential moving average of the weights (and BN statistics) with this decay
+    #                   per step; it is what gets evaluated at the end and saved (0 = off, the plain final weights)
     clip_norm: float = 0.0  # 0 = no gradient clipping
     pad: int = 4  # random translation by up to `pad` pixels (reflect padding)
     flip: bool = True
@@ -145,6 +148,39 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
+class WeightEMA:
+    """Exponential moving average of a model's floating-point parameters and buffers (complex BN's running means
+    and covariances included: a convex combination of covariances is a covariance). The decay ramps up as
+    (1 + n) / (10 + n) so the early average is not dominated by the random initialisation."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple]]:
+        own = list(self.model.parameters()) + list(self.model.buffers())
+        src = list(model.parameters()) + list(model.buffers())
+        floats = [(a, b) for a, b in zip(own, src) if a.is_floating_point()]
+        return [a for a, _ in floats], [b.detach() for _, b in floats], \
+            [(a, b) for a, b in zip(own, src) if not a.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        mine, theirs, ints = self._pairs(model)
+        torch._foreach_lerp_(mine, theirs, 1.0 - decay)
+        for a, b in ints:
+            a.copy_(b)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
+
+
 @torch.no_grad()
 def add_l2_gradient_(params: list[torch.Tensor], l2: float) -> None:
     """grad += d/dw (l2 * sum(w^2)) = 2 * l2 * w: Keras' kernel_regularizer=l2(l2) as the authors use it. Called
@@ -202,12 +238,17 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     l2_params = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]  # conv and dense kernels
     start_epoch, elapsed = 0, 0.0
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling + augmentation, same on every rank
+    ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
     if cfg.resume:
         state = load_training_state(cfg.resume)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, elapsed = int(state["epoch"]), float(state["elapsed"])
         gen.set_state(state["generator"])
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
+        elif ema is not None:  # a state saved without --ema: start the average from the resumed weights
+            ema.model.load_state_dict(model.state_dict())
     ddp_model = wrap_ddp(model, rt)
     step_model = torch.compile(ddp_model) if cfg.compile else ddp_model
     per_rank_batch = cfg.batch_size // rt.world_size  # --batch-size is the global batch
@@ -240,6 +281,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
             if cfg.clip_norm > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             optimizer.step()
+            if ema is not None:
+                ema.update(model)
             # .item() syncs the GPU; every 10 steps is enough for the progress bar
             if step % 10 == 0 or step == steps_per_epoch - 1:
                 n = len(labels)
@@ -262,19 +305,28 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             val = evaluate_model(model, val_set)  # every rank evaluates the whole (small) val set: no reduction
             record["val_accuracy"] = round(val["accuracy"], 4)
+            if ema is not None:
+                record["val_accuracy_ema"] = round(evaluate_model(ema.model, val_set)["accuracy"], 4)
         log.log(**record)
         if rt.is_main:
             print(json.dumps(record), flush=True)
             save_training_state(out / "state.pt", model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
                                 epoch=epoch + 1, elapsed=elapsed, generator=gen.get_state(),
-                                config=json.dumps(dataclasses.asdict(cfg)))
+                                config=json.dumps(dataclasses.asdict(cfg)),
+                                **({"ema": ema.state_dict()} if ema is not None else {}))
         metrics = record
 
     # Final numbers: the whole val split with test-time flip augmentation, exactly as the shipped model is used.
+    # With --ema the averaged weights are the model (chosen before training, not by comparing on val); the plain
+    # final weights are reported beside them.
+    raw_model, model = model, (ema.model if ema is not None else model)
     final = evaluate_model(model, val_set, flip_tta=True)
     final_plain = evaluate_model(model, val_set, flip_tta=False)
     first_1000 = evaluate_model(model, val_set.subset(slice(0, 1000)), flip_tta=True)
-    result = {"val_accuracy": round(final["accuracy"], 4), "val_accuracy_no_tta": round(final_plain["accuracy"], 4),
+    extra = {"val_accuracy_final_weights": round(evaluate_model(raw_model, val_set, flip_tta=True)["accuracy"], 4)} \
+        if ema is not None else {}
+    result = {**extra, "val_accuracy": round(final["accuracy"], 4),
+              "val_accuracy_no_tta": round(final_plain["accuracy"], 4),
               "val_images": final["images"], "val_accuracy_first_1000": round(first_1000["accuracy"], 4),
               "val_per_class": final["per_class"], "train_images": len(train_set), "epochs": cfg.epochs,
               "training_time_s": round(elapsed, 1), "images_per_s": metrics.get("images_per_s"), "params": n_params}
@@ -287,7 +339,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
                               "std": list(arch_config.get("std", CIFAR10_STD))},
             "flip_tta": True,
             "metrics": {k: result[k] for k in ("val_accuracy", "val_accuracy_no_tta", "val_images",
-                                               "val_accuracy_first_1000", "val_per_class")},
+                                               "val_accuracy_first_1000", "val_per_class", *extra)},
             "dataset": train_set.name or "cifar10",
             "split": {"train_images": len(train_set), "val_images": len(val_set), "split_seed": cfg.split_seed,
                       "how": "training.data.cifar.train_val_split: torch.randperm(N, seed) -> first val_size = val"},

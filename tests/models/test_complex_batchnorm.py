@@ -339,6 +339,7 @@ def test_centred_dot_is_the_sum_of_products():
         torch.testing.assert_close(total, aa.sum((0, 2, 3)))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_cuda_matches_reference_fp32_and_bf16_autocast(channels_last):

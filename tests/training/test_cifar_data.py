@@ -1,6 +1,8 @@
 """Loaders of the official small-image formats (files generated here), the fixed split, batches, augmentation."""
 from __future__ import annotations
 
+import gzip
+import json
 import pickle
 import tarfile
 from pathlib import Path
@@ -196,3 +198,47 @@ def test_real_cifar10_training_batches():
     train, val = train_val_split(ds, 5000, seed=0)
     assert len(train) == 45000 and len(val) == 5000
     assert torch.bincount(val.labels, minlength=10).min() > 400  # roughly balanced
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Transfer packs (WebP lossless parts for the GPU machine's upload limit)
+
+
+def test_pack_round_trip_is_lossless_across_separate_unpacks(tmp_path):
+    from training.data.cifar import main as cifar_data_main
+    from training.data.cifar import pack_cifar10, unpack_cifar10
+
+    src = write_cifar10_folder(tmp_path / "src", per_batch=700)  # 3,500 images: a mosaic of several columns
+    info = pack_cifar10(src, tmp_path / "pack", parts=3)
+    assert [p["stop"] - p["start"] for p in info["parts"]] == [1166, 1167, 1167]
+    # the parts arrive in two calls: the first unpack is incomplete, the second completes the folder
+    first, second = tmp_path / "call1", tmp_path / "call2"
+    for d, files in ((first, ["part-0.webp"]), (second, ["part-1.webp", "part-2.webp"])):
+        d.mkdir()
+        for f in files + ["manifest.json.gz"]:
+            (d / f).write_bytes((tmp_path / "pack" / f).read_bytes())
+    cache = tmp_path / "cache"
+    status = unpack_cifar10([first], cache)
+    assert status["present"] == ["part-0.webp"] and not status["complete"] and "folder" not in status
+    assert cifar_data_main(["unpack", str(second), "--cache", str(cache)]) == 0
+    status = unpack_cifar10([second], cache)
+    assert status["complete"]
+    a, b = load_cifar(src, "train"), load_cifar(status["folder"], "train")
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.class_names == b.class_names
+    for i in range(1, 6):
+        orig = pickle.loads((src / f"data_batch_{i}").read_bytes())
+        back = pickle.loads((Path(status["folder"]) / f"data_batch_{i}").read_bytes(), encoding="bytes")
+        assert back[b"filenames"] == orig[b"filenames"] and back[b"batch_label"] == orig[b"batch_label"]
+
+
+def test_unpack_refuses_a_corrupt_part(tmp_path):
+    from training.data.cifar import pack_cifar10, unpack_cifar10
+
+    src = write_cifar10_folder(tmp_path / "src", per_batch=20)
+    pack_cifar10(src, tmp_path / "pack", parts=2)
+    manifest = tmp_path / "pack" / "manifest.json.gz"
+    m = json.loads(gzip.decompress(manifest.read_bytes()))
+    m["parts"][1]["sha256"] = "0" * 64
+    manifest.write_bytes(gzip.compress(json.dumps(m).encode()))
+    with pytest.raises(DatasetError, match="SHA-256"):
+        unpack_cifar10([tmp_path / "pack"], tmp_path / "cache")

@@ -106,6 +106,43 @@ def test_torchrun_ddp_on_cpu(trained, tmp_path):
     assert (tmp_path / "model.pt").is_file() and len(read_log(tmp_path)) == 2  # one epoch + final, rank 0 only
 
 
+def test_weight_ema_averages_floats_and_copies_counters():
+    from torch import nn
+
+    from training.cifar import WeightEMA
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = WeightEMA(model, decay=0.5)
+    start = ema.model[0].weight.clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.fill_(4.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.update(model)  # ramped decay min(0.5, 2 / 11): the average moves 9/11 of the way
+    assert torch.allclose(ema.model[0].weight, start + 9 / 11)
+    assert torch.allclose(ema.model[1].running_mean, torch.full((2,), 4 * 9 / 11))
+    assert int(ema.model[1].num_batches_tracked) == 7 and not ema.model[0].weight.requires_grad
+    for _ in range(30):
+        ema.update(model)
+    assert torch.allclose(ema.model[0].weight, model[0].weight, atol=1e-6)
+
+
+def test_ema_run_saves_the_average_and_resumes_it(trained, tmp_path):
+    data, _, _ = trained
+    result = train(tiny_config(data, tmp_path, epochs=2, ema=0.9), command="pytest")
+    assert "val_accuracy_final_weights" in result
+    assert all("val_accuracy_ema" in r for r in read_log(tmp_path) if "epoch" in r)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    saved, _ = load_checkpoint(tmp_path / "model.pt")
+    for k, v in saved.state_dict().items():  # the checkpoint is the average, not the last weights
+        assert torch.equal(v, state["ema"]["model"][k])
+    assert any(not torch.equal(state["model"][k], state["ema"]["model"][k]) for k in state["model"])
+    meta = torch.load(tmp_path / "model.pt", weights_only=True)["meta"]
+    assert meta["train_config"]["ema"] == 0.9 and "val_accuracy_final_weights" in meta["metrics"]
+    train(tiny_config(data, tmp_path / "resumed", epochs=3, ema=0.9, resume=str(tmp_path / "state.pt")))
+    assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["ema"]["updates"] == \
+        state["ema"]["updates"] + 8  # 256 images / batch 32 = 8 more steps
+
+
 def test_cli_reports_a_bad_path_in_one_line(trained, tmp_path, capsys):
     _, out, _ = trained
     assert main(["evaluate", "--checkpoint", str(out / "model.pt"), "--data", str(tmp_path / "missing")]) == 2

@@ -11,6 +11,9 @@ simpler than any data-loader pipeline; augmentation then runs on whole batches w
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import pickle
 import tarfile
 from collections.abc import Iterator
@@ -258,3 +261,156 @@ def augment(images: torch.Tensor, pad: int = 4, flip: bool = True, cutout: int =
         hole = (yy >= lo_y) & (yy < lo_y + cutout) & (xx >= lo_x) & (xx < lo_x + cutout)
         images = images.masked_fill(hole.unsqueeze(1), 0)
     return images
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Lossless transfer packs: CIFAR-10's 150 MB of training batches cut into WebP-lossless mosaics (~55% of the raw
+# size), so that they fit, a few parts per call, under a GPU machine's upload limit (scripts/gpu_check.py).
+#
+#     python -m training.data.cifar pack ../shared/data/cifar-10-batches-py .gpu/cifar --parts 8
+#     python -m training.data.cifar unpack .gpu/cifar --cache /tmp/dcn-cifar    # on the GPU machine, once per call
+
+PACK_MANIFEST = "manifest.json.gz"  # gzip: the 50,000 file names are most of it
+_TILE = 32
+_COLUMN = 16352 // _TILE  # images per mosaic column: WebP images are at most 16383 px high
+
+
+def _sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _mosaic(images: np.ndarray) -> np.ndarray:
+    """(n, 3, 32, 32) -> (H, W, 3): images stacked top to bottom in columns of _COLUMN (neighbours compress best)."""
+    cols = -(-len(images) // _COLUMN)
+    grid = np.zeros((cols * _COLUMN, _TILE, _TILE, 3), np.uint8)
+    grid[: len(images)] = images.transpose(0, 2, 3, 1)
+    return grid.reshape(cols, _COLUMN * _TILE, _TILE, 3).transpose(1, 0, 2, 3).reshape(_COLUMN * _TILE, cols * _TILE, 3)
+
+
+def _unmosaic(mosaic: np.ndarray, n: int) -> np.ndarray:
+    h, w, _ = mosaic.shape
+    cols = w // _TILE
+    grid = mosaic.reshape(h, cols, _TILE, 3).transpose(1, 0, 2, 3).reshape(cols * _COLUMN, _TILE, _TILE, 3)
+    return np.ascontiguousarray(grid[:n].transpose(0, 3, 1, 2))
+
+
+def pack_cifar10(src: str | Path, dst: str | Path, parts: int = 8) -> dict:
+    """Write ``dst``/part-K.webp (consecutive slices of the training images, batch order) and the manifest (labels,
+    file names, batch labels, batches.meta, SHA-256 of every batch's pixels and every part). Lossless: checked here
+    by decoding each part again."""
+    from PIL import Image
+
+    src, dst = Path(src), Path(dst)
+    if (src / "cifar-10-batches-py").is_dir():
+        src = src / "cifar-10-batches-py"
+    names = sorted(p.name for p in src.glob("data_batch_*"))
+    if not names:
+        raise DatasetError(f"{src}: no data_batch_* files")
+    batches_info, pixels = [], []
+    for name in names:
+        d = _unpickle((src / name).read_bytes(), name)
+        data, labels = _decode_cifar_batch(d, "labels", name)
+        pixels.append(data)
+        batches_info.append({"name": name, "images": len(data), "labels": labels.tolist(),
+                             "batch_label": _get(d, "batch_label", name).decode(),
+                             "filenames": [f.decode() for f in _get(d, "filenames", name)],
+                             "sha256": _sha256(data.reshape(len(data), -1))})
+    images = np.concatenate(pixels)
+    dst.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, len(images), parts + 1).astype(int).tolist()
+    part_info = []
+    for k in range(parts):
+        chunk = images[bounds[k]:bounds[k + 1]]
+        path = dst / f"part-{k}.webp"
+        Image.fromarray(_mosaic(chunk)).save(path, format="WEBP", lossless=True, quality=100, method=4, exact=True)
+        with Image.open(path) as im:
+            if not np.array_equal(_unmosaic(np.asarray(im.convert("RGB")), len(chunk)), chunk):
+                raise DatasetError(f"{path}: WebP round trip is not lossless")
+        part_info.append({"file": path.name, "start": bounds[k], "stop": bounds[k + 1], "sha256": _sha256(chunk),
+                          "bytes": path.stat().st_size})
+    meta = (src / "batches.meta").read_bytes() if (src / "batches.meta").is_file() else b""
+    manifest = {"format": "cifar10-webp-pack/1", "batches": batches_info, "parts": part_info,
+                "batches_meta_hex": meta.hex()}
+    (dst / PACK_MANIFEST).write_bytes(gzip.compress(json.dumps(manifest).encode(), mtime=0))
+    return {"parts": part_info, "raw_bytes": int(images.nbytes),
+            "packed_bytes": sum(p["bytes"] for p in part_info) + (dst / PACK_MANIFEST).stat().st_size}
+
+
+def unpack_cifar10(packs: list[str | Path], cache: str | Path) -> dict:
+    """Decode the parts found in ``packs`` into ``cache``/part-K.npy (each checked against its SHA-256); once every
+    part is in the cache (they may arrive in separate calls), write ``cache``/cifar-10-batches-py in the official
+    format and check every batch's pixels. Returns what is there and the folder when complete."""
+    from PIL import Image
+
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    manifest = None
+    for folder in [*map(Path, packs), cache]:  # the cache keeps the manifest of an earlier call
+        if (folder / PACK_MANIFEST).is_file():
+            raw = (folder / PACK_MANIFEST).read_bytes()
+            manifest = json.loads(gzip.decompress(raw))
+            if folder != cache:
+                (cache / PACK_MANIFEST).write_bytes(raw)
+            break
+    if manifest is None:
+        raise DatasetError(f"no {PACK_MANIFEST} in {[str(p) for p in packs]} or {cache}")
+    for part in manifest["parts"]:
+        npy = cache / (Path(part["file"]).stem + ".npy")
+        if npy.is_file():
+            continue
+        for pack in map(Path, packs):
+            if (pack / part["file"]).is_file():
+                with Image.open(pack / part["file"]) as im:
+                    chunk = _unmosaic(np.asarray(im.convert("RGB")), part["stop"] - part["start"])
+                if _sha256(chunk) != part["sha256"]:
+                    raise DatasetError(f"{pack / part['file']}: pixels differ from the packed ones (SHA-256)")
+                np.save(npy, chunk)
+                break
+    have = [p["file"] for p in manifest["parts"] if (cache / (Path(p["file"]).stem + ".npy")).is_file()]
+    status: dict = {"parts": len(manifest["parts"]), "present": have, "complete": len(have) == len(manifest["parts"])}
+    folder = cache / "cifar-10-batches-py"
+    if status["complete"]:
+        if not all((folder / b["name"]).is_file() for b in manifest["batches"]):
+            images = np.concatenate([np.load(cache / (Path(p["file"]).stem + ".npy")) for p in manifest["parts"]])
+            folder.mkdir(exist_ok=True)
+            start = 0
+            for b in manifest["batches"]:
+                data = images[start:start + b["images"]].reshape(b["images"], -1)
+                start += b["images"]
+                if _sha256(data) != b["sha256"]:
+                    raise DatasetError(f"{b['name']}: unpacked pixels differ from the original batch (SHA-256)")
+                blob = {b"batch_label": b["batch_label"].encode(), b"labels": b["labels"], b"data": data,
+                        b"filenames": [f.encode() for f in b["filenames"]]}
+                (folder / b["name"]).write_bytes(pickle.dumps(blob, protocol=2))
+            if manifest["batches_meta_hex"]:
+                (folder / "batches.meta").write_bytes(bytes.fromhex(manifest["batches_meta_hex"]))
+        status["folder"] = str(folder)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m training.data.cifar", description="CIFAR-10 transfer packs")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("pack", help="official training batches -> WebP-lossless parts + manifest")
+    a.add_argument("src")
+    a.add_argument("dst")
+    a.add_argument("--parts", type=int, default=8)
+    b = sub.add_parser("unpack", help="parts (from one or more calls) -> cache; the official folder once complete")
+    b.add_argument("packs", nargs="+")
+    b.add_argument("--cache", required=True)
+    args = p.parse_args(argv)
+    try:
+        out = pack_cifar10(args.src, args.dst, args.parts) if args.cmd == "pack" else unpack_cifar10(args.packs,
+                                                                                                      args.cache)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
