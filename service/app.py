@@ -38,6 +38,7 @@ from models.transcription import Transcription, notes_to_csv, notes_to_midi, rou
 
 from .batcher import Batcher, BatcherStopped, QueueFull
 from .decode import DecodeCancelled, DecodeError, open_image
+from .guard import OriginGuard
 from .metrics import Metrics
 from .runners import ClassifierRunner, TranscriberRunner
 from .schemas import ClassifyResponse, ErrorResponse, ModelsResponse, TranscribeResponse
@@ -481,6 +482,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "batching. Errors are JSON: `{\"detail\": \"...\"}`.")
     app.state.service = service
     app.state.metrics = metrics
+    app.add_middleware(OriginGuard, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins)
     app.add_middleware(UploadGuard, max_bytes=settings.max_upload_bytes, body_timeout_s=settings.body_timeout_s,
                        upload_timeout_s=settings.upload_timeout_s)
     app.add_middleware(Hardening, service=service, max_header_count=settings.max_header_count)

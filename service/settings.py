@@ -83,3 +83,21 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address (--host overrides)")
     port: int = Field(8000, ge=0, le=65535, description="port (--port overrides)")
     log_level: str = Field("info", description="debug, info, warning, error")
+
+    # Hardening, round two (issue 21): connections, live streams, origins
+    header_timeout_pressure_s: float = Field(1.0, gt=0, description="header timeout for new and idle connections "
+                                                                     "while more than half of max_connections are "
+                                                                     "open")
+    stream_header_timeout_s: float = Field(3.0, gt=0, description="a live stream must send its header within this "
+                                                                  "(1008); it takes a stream slot only then")
+    stream_max_message_seconds: float = Field(2.0, gt=0, description="audio in one WebSocket message (1009 beyond)")
+    stream_max_messages_per_s: float = Field(200.0, gt=0, description="messages a stream may send per second "
+                                                                      "(bursts of as many); faster ones are read "
+                                                                      "more slowly (back-pressure)")
+    allowed_origins: list[str] = Field(default_factory=list, description="origins (scheme://host[:port]) besides "
+                                       "the service's own whose pages may open the live stream or POST uploads; "
+                                       "'*' allows any. Requests without an Origin header (scripts) are not "
+                                       "affected")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host header values accepted (names, no "
+                                     "port; '*' any). Empty: any, except that a server bound to a loopback "
+                                     "address accepts only localhost names (DNS rebinding)")
