@@ -101,3 +101,6 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = Field(default_factory=list, description="Host header values accepted (names, no "
                                      "port; '*' any). Empty: any, except that a server bound to a loopback "
                                      "address accepts only localhost names (DNS rebinding)")
+    stream_max_speed: float = Field(10.0, ge=1, description="a client ahead of real time (beyond the margin) is "
+                                                            "read as fast as its audio is transcribed, at most this "
+                                                            "many times real time; 1: strictly real time")
