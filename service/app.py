@@ -16,7 +16,6 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,8 +36,8 @@ from models.checkpoint import resolve_device
 from models.transcription import Transcription, notes_to_csv, notes_to_midi, round_list, transcription_npz
 
 from .batcher import Batcher, BatcherStopped, QueueFull
-from .decode import DecodeCancelled, DecodeError, open_image
-from .guard import OriginGuard
+from .decode import DecodeCancelled, DecodeError, DecodePools, open_image
+from .guard import LoadShedder, OriginGuard
 from .metrics import Metrics
 from .runners import ClassifierRunner, TranscriberRunner
 from .schemas import ClassifyResponse, ErrorResponse, ModelsResponse, TranscribeResponse
@@ -100,7 +99,7 @@ class Service:
         self.in_flight = 0      # upload requests being served
         self._stopping: asyncio.Event | None = None  # set when the grace period is over: waiting requests get 503
         # A bounded pool for decoding: memory and CPU spent on decoding are bounded by its size.
-        self.decoder = ThreadPoolExecutor(settings.decode_concurrency, thread_name_prefix="decode")
+        self.decoder = DecodePools(settings.decode_concurrency)  # one pool per route
 
     def load(self) -> None:
         """Blocking; raises CheckpointError / RuntimeError with a clear message (startup fails fast)."""
@@ -148,7 +147,7 @@ class Service:
         s = self.settings
         self._stopping = asyncio.Event()
         self.draining = False
-        self.decoder = ThreadPoolExecutor(s.decode_concurrency, thread_name_prefix="decode")
+        self.decoder = DecodePools(s.decode_concurrency)
         await asyncio.to_thread(self.load)
         for name, runner, size, delay in (
                 ("classifier", self.classifier, s.classify_max_batch_size, s.classify_max_batch_delay_ms),
@@ -186,7 +185,7 @@ class Service:
         self.metrics.ready.set(0)
         for batcher in self.batchers.values():
             await batcher.stop()
-        self.decoder.shutdown(wait=False, cancel_futures=True)
+        self.decoder.shutdown()
 
     @property
     def is_ready(self) -> bool:
@@ -199,10 +198,12 @@ class Service:
         if not self.is_ready:
             raise HTTPException(503, "service is not ready", headers={"Retry-After": "1"})
 
-    def precheck(self, model: str) -> None:
+    def precheck(self, model: str, cost: tuple[int, float] | None = None) -> None:
         """Before any decoding: 503 at once when the model's queue is full or its backlog exceeds the deadline."""
         try:
-            self.batchers[model].precheck(self.settings.request_timeout_s)
+            items, decode_s = cost or (None, 0.0)  # cost: (items, decoding seconds) from the upload's header
+            self.batchers[model].precheck(self.settings.request_timeout_s, items,
+                                          decode_s + self.decoder[model].wait_s())
         except QueueFull as e:
             self.metrics.rejected.labels(model, "queue_full").inc()
             raise HTTPException(503, f"{e}; retry later", headers={"Retry-After": _retry_after(e)}) from None
@@ -214,8 +215,8 @@ class Service:
         """``fn(*args, should_stop=...)`` in the decode pool, within the deadline; it stops (and the client gets
         504 / 499 / 503) when the deadline passes, the client goes away or the grace period ends."""
         reason: list[str] = []
-        work = asyncio.get_running_loop().run_in_executor(
-            self.decoder, functools.partial(fn, *args, should_stop=lambda: reason[0] if reason else None))
+        work = asyncio.wrap_future(self.decoder[model].submit(
+            functools.partial(fn, *args, should_stop=lambda: reason[0] if reason else None)))
         try:
             return await self._guard(request, model, work, deadline, reason)
         except DecodeCancelled:  # only after a reason was given, which _guard has answered already
@@ -482,6 +483,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "batching. Errors are JSON: `{\"detail\": \"...\"}`.")
     app.state.service = service
     app.state.metrics = metrics
+    app.add_middleware(LoadShedder, service=service)
     app.add_middleware(OriginGuard, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins)
     app.add_middleware(UploadGuard, max_bytes=settings.max_upload_bytes, body_timeout_s=settings.body_timeout_s,
                        upload_timeout_s=settings.upload_timeout_s)
@@ -630,6 +632,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                      f"onset_threshold ({decoding['onset_threshold']:g}) for this frame-only model")
         service.precheck("transcriber")  # overloaded: refuse before spending CPU on decoding
         data = await file.read()
+        service.precheck("transcriber", await run_in_threadpool(runner.upload_cost, data))  # long audio, early
         windows, n_frames, duration = await service.decode(request, "transcriber", deadline, runner.decode, data,
                                                            settings.max_audio_seconds)
         del data

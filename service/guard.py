@@ -1,4 +1,5 @@
-"""Who may talk to the service from a browser: Host and Origin checks, in front of every route.
+"""In front of the routes: who may talk to the service from a browser (Host and Origin checks, OriginGuard), and
+which uploads are refused before their body is read when the service is overloaded (LoadShedder).
 
 - Host (DNS rebinding): a page on an attacker's domain that resolves to 127.0.0.1 sends ``Host: evil.example``.
   A server bound to a loopback address therefore answers only requests whose Host is a loopback name (``localhost``,
@@ -15,6 +16,9 @@
 from __future__ import annotations
 
 import ipaddress
+import math
+from types import SimpleNamespace
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -85,3 +89,47 @@ class OriginGuard:
             return await send({"type": "websocket.close", "code": 1008, "reason": why[1][:120]})
         await JSONResponse({"detail": why[1]}, status_code=why[0], headers={"Connection": "close"})(
             scope, receive, send)
+
+
+UPLOAD_MODELS = {"/classify": "classifier", "/transcribe": "transcriber"}
+
+
+class LoadShedder:
+    """Overload: an upload is refused (503 + Retry-After + Connection: close) before its body is read or parsed when
+    its model's queue is full or its backlog alone exceeds the deadline, or when the uploads waiting in its decode pool
+    would take longer than that. Clients that retry without backoff then cost a request head each, not a
+    multipart parse and a decode, and the work already admitted keeps finishing (goodput does not collapse)."""
+
+    def __init__(self, app: ASGIApp, service: Any) -> None:
+        self.app, self.service = app, service
+
+    def _refusal(self, model: str) -> tuple[str, str, float] | None:
+        """(reason label, detail, retry after seconds) when the upload is to be refused now."""
+        from .batcher import QueueFull
+
+        service = self.service
+        batcher = service.batchers.get(model)
+        if batcher is None or not service.is_ready:
+            return None  # the route answers (not ready, shutting down)
+        try:
+            batcher.precheck(service.settings.request_timeout_s)
+        except QueueFull as e:
+            return "queue_full", f"{e}; retry later", e.retry_after
+        except Exception:  # noqa: BLE001 - stopped: the route says so
+            return None
+        pool, timeout = service.decoder[model], service.settings.request_timeout_s
+        if (wait := pool.wait_s()) > service.settings.admission_margin * timeout:
+            return "decode_busy", (f"{pool.waiting} uploads are waiting to be decoded, about {wait:.0f} s of work, "
+                                   f"more than this request's deadline allows; retry later"), wait / 2
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        model = UPLOAD_MODELS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        refusal = self._refusal(model) if model is not None and scope["method"] == "POST" else None
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        reason, detail, retry_after = refusal
+        scope["route"] = SimpleNamespace(path=scope["path"])  # the metrics' route label: the route it was meant for
+        self.service.metrics.rejected.labels(model, reason).inc()
+        await JSONResponse({"detail": detail}, status_code=503, headers={
+            "Retry-After": str(max(1, math.ceil(retry_after))), "Connection": "close"})(scope, receive, send)

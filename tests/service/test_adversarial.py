@@ -205,7 +205,7 @@ def _wav_rate_zero() -> bytes:
 def test_huge_and_many_headers(server):
     url, port, _ = server
     t0 = time.monotonic()
-    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
     try:
         for _ in range(64):  # 64 x 16 KB of one header: refused after the first 16 KB, not read to the end
             s.sendall(b"X-Big: " + b"a" * 16_000 + b"\r\n")
@@ -216,16 +216,16 @@ def test_huge_and_many_headers(server):
     assert reply.startswith(b"HTTP/1.1 431"), reply[:100]
     assert time.monotonic() - t0 < 5
     many = b"".join(b"X-H%d: 1\r\n" % i for i in range(150))
-    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + many + b"\r\n")
     reply = _read_all(s)
     s.close()
     assert reply.startswith(b"HTTP/1.1 431") and b"limit is 100" in reply, reply[:200]
     for size in (20_000, 60_000):  # a whole head over the limit in one chunk, its end included: 431 too
-        s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+        s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
         reply = _read_all(s)
         s.close()
         assert reply.startswith(b"HTTP/1.1 431"), reply[:100]
-    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Ok: " + b"a" * 15_000
+    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Ok: " + b"a" * 15_000
                + b"\r\n\r\n")
     reply = _read_all(s)  # just under the limit
     s.close()
@@ -236,8 +236,8 @@ def test_huge_and_many_headers(server):
 def test_silent_slow_and_half_sent_connections_are_closed(server):
     url, port, _ = server
     silent = [_raw(port, b"", timeout=5) for _ in range(50)]
-    slow_head = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finishes its head
-    slow_body = _raw(port, b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    slow_head = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")  # never finishes its head
+    slow_body = _raw(port, b"POST /classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                            b"Content-Length: 100000\r\n\r\n--b\r\n")  # then nothing
     t0 = time.monotonic()
     r = httpx.get(f"{url}/healthz", timeout=5)  # others are served meanwhile
@@ -249,7 +249,7 @@ def test_silent_slow_and_half_sent_connections_are_closed(server):
     assert _read_all(slow_body).startswith(b"HTTP/1.1 408")
     assert time.monotonic() - t0 < 5
     # an idle keep-alive connection is closed after the keep-alive timeout
-    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     t0 = time.monotonic()
     reply = _read_all(s)
     assert reply.startswith(b"HTTP/1.1 200") and time.monotonic() - t0 < 4
@@ -273,7 +273,7 @@ def test_disconnect_during_upload_counts_499(server):
     url, port, _ = server
     text = httpx.get(f"{url}/metrics").text
     before, before_400 = (metric(text, "dcn_requests_total", route="/classify", status=s) for s in ("499", "400"))
-    s = _raw(port, b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    s = _raw(port, b"POST /classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                    b"Content-Length: 100000\r\n\r\n--b\r\n" + b"x" * 1000)
     time.sleep(0.2)
     s.close()
@@ -290,7 +290,7 @@ def test_slow_upload_does_not_eat_the_deadline(checkpoints):
         body, boundary = b"", "b"
         body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
                 f"Content-Type: image/png\r\n\r\n").encode() + image_bytes() + f"\r\n--{boundary}--\r\n".encode()
-        s = _raw(port, (f"POST /classify HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: multipart/form-data; "
+        s = _raw(port, (f"POST /classify HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: multipart/form-data; "
                         f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body[:50])
         time.sleep(2.0)
         s.sendall(body[50:])
