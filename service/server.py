@@ -89,7 +89,7 @@ class GuardedH11Protocol(H11Protocol):
         self._head_bytes, self._tail = 0, b""
         self._head_timer: asyncio.TimerHandle | None = None
         self._opened = self.loop.time()
-        if self._limit is not None and len(self.connections) > self._limit:
+        if self._limit is not None and len(self.connections) >= self._limit:  # uvicorn refuses at >= limit
             self._evict_idle()
         self._arm_head_timer()
 
@@ -253,6 +253,14 @@ class GracefulServer(uvicorn.Server):
         log.info("shutting down: not ready; requests in flight have %.0f s to finish", self.grace_s)
         try:
             await self.service.begin_shutdown(self.grace_s)
+            # Live streams have sent their summary and close frame; uvicorn's shutdown would now close their sockets
+            # while the client may still be sending (a reset, which can discard the summary before the client reads
+            # it). Wait, briefly, for the clients to answer the close.
+            until = self._loop.time() + 2.0
+            while self._loop.time() < until and any(
+                    isinstance(c, GuardedWebSocketProtocol) and c.close_sent and not c.transport.is_closing()
+                    for c in self.server_state.connections):
+                await asyncio.sleep(0.02)
         finally:
             self.should_exit = True
 

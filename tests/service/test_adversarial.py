@@ -47,15 +47,18 @@ def rss() -> int:
 
 
 @contextmanager
-def running(settings: Settings) -> Iterator[tuple[str, int, object]]:
-    """The hardened server (as ``python -m service`` runs it) in a thread on a free loopback port."""
+def running(settings: Settings, server_out: list | None = None, **overrides) -> Iterator[tuple[str, int, object]]:
+    """The hardened server (as ``python -m service`` runs it) in a thread on a free loopback port; ``overrides``:
+    uvicorn options; ``server_out`` receives the GracefulServer (to start its shutdown)."""
     app = create_app(settings)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = GracefulServer(uvicorn_config(app, settings, log_level="warning"), app.state.service,
-                            settings.shutdown_grace_s)
+    server = GracefulServer(uvicorn_config(app, settings, **{"log_level": "warning", **overrides}),
+                            app.state.service, settings.shutdown_grace_s)
+    if server_out is not None:
+        server_out.append(server)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -449,3 +452,69 @@ def test_transcriber_without_task_is_inferred_and_logged_once(tmp_path, caplog):
     message = str(info.value)
     assert message.startswith(f"DCN_TRANSCRIBER_CHECKPOINT: {half}: not a usable transcriber (AttributeError")
     assert "\n" not in message
+
+
+def test_content_length_with_transfer_encoding_is_refused_and_closed(server):
+    """Request smuggling: CL + TE is a 400 (JSON) and the connection is closed, so the request hidden behind the
+    first one's body is never served."""
+    url, port, _ = server
+    smuggled = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    s = _raw(port, b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled)
+    reply = _read_all(s)
+    s.close()
+    assert reply.startswith(b"HTTP/1.1 400") and reply.count(b"HTTP/1.1") == 1, reply
+    assert b"Transfer-Encoding" in reply and b"connection: close" in reply.lower()
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["detail"]
+    r = httpx.get(f"{url}/healthz", timeout=5)
+    assert r.status_code == 200 and "server" not in r.headers  # and no `server: uvicorn`
+
+
+def test_probes_answer_within_100_ms_with_the_connection_limit_full(checkpoints):
+    """520 silent connections against the 512-connection limit: /healthz and /readyz still answer 200 within
+    100 ms (probes are exempt from the limit), and an upload gets a slot (the oldest silent connection is evicted);
+    more than half the limit open: new silent connections are closed after the tighter header timeout."""
+    settings = settings_for(checkpoints, **{**FAST, "header_timeout_s": 30.0, "header_timeout_pressure_s": 1.0,
+                                            "max_connections": 512})
+    with running(settings) as (url, port, _):
+        silent = [_raw(port, b"", timeout=10) for _ in range(520)]
+        try:
+            time.sleep(0.3)
+            with httpx.Client(base_url=url, timeout=5) as c:
+                for path in ("/healthz", "/readyz") * 5:
+                    t0 = time.perf_counter()
+                    r = c.get(path, headers={"Connection": "close"})
+                    assert r.status_code == 200 and time.perf_counter() - t0 < 0.1, (path, r.status_code)
+                r = c.post("/classify", files={"file": ("x.png", image_bytes())})
+                assert r.status_code == 200, r.text
+            t0 = time.monotonic()
+            assert _read_all(silent[-1]) == b""  # opened under pressure: closed after 1 s, not 30
+            assert time.monotonic() - t0 < 3
+        finally:
+            for s in silent:
+                s.close()
+
+
+def test_host_and_origin_checks(checkpoints):
+    """Loopback bind: a foreign Host (DNS rebinding) is 400; a cross-origin POST or WebSocket is 403 unless the
+    origin is listed; same-origin and Origin-less requests pass."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    settings = settings_for(checkpoints, **FAST, allowed_origins=["https://app.example"])
+    with running(settings) as (url, port, _), httpx.Client(base_url=url, timeout=10) as c:
+        assert c.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
+        assert c.get("/healthz", headers={"Host": f"localhost:{port}"}).status_code == 200
+        files = {"file": ("x.png", image_bytes())}
+        r = c.post("/classify", files=files, headers={"Origin": "http://evil.example"})
+        assert r.status_code == 403 and "evil.example" in r.json()["detail"]
+        assert c.post("/classify", files=files, headers={"Origin": url}).status_code == 200
+        assert c.post("/classify", files=files, headers={"Origin": "https://app.example"}).status_code == 200
+        assert c.post("/classify", files=files).status_code == 200
+        ws_url = url.replace("http://", "ws://") + "/transcribe/stream"
+        with pytest.raises(InvalidStatus) as e:
+            connect(ws_url, origin="http://evil.example", open_timeout=5)
+        assert e.value.response.status_code == 403
+        with connect(ws_url, origin=url, open_timeout=5) as ws:
+            ws.send(json.dumps({"sample_rate": 8000}))
+            assert json.loads(ws.recv(timeout=5))["type"] == "ready"
