@@ -518,3 +518,46 @@ def test_host_and_origin_checks(checkpoints):
         with connect(ws_url, origin=url, open_timeout=5) as ws:
             ws.send(json.dumps({"sample_rate": 8000}))
             assert json.loads(ws.recv(timeout=5))["type"] == "ready"
+
+
+def test_decode_messages_say_the_truth():
+    """2.04 s over a 2 s limit is said as 2.04 s; damaged-image messages carry no heap address."""
+    from service.decode import DecodeError, decode_audio_ex, decode_image
+
+    with pytest.raises(DecodeError) as e:
+        decode_audio_ex(audio_bytes(np.zeros(int(2.04 * 8000), np.float32), sr=8000), 2.0)
+    assert e.value.status_code == 413 and "2.04 s long; the limit is 2 s" in e.value.detail
+    png = image_bytes("PNG", size=(64, 64))
+    for data in (png[:33], png[:60], png[:29] + bytes([png[29] ^ 0xFF]) + png[30:]):
+        with pytest.raises(DecodeError) as e:
+            decode_image(data, (32, 32), 10**8)
+        assert " at 0x" not in e.value.detail and "object" not in e.value.detail, e.value.detail
+
+
+def test_image_flood_does_not_starve_audio(slow_checkpoints, monkeypatch):
+    """Image and audio uploads decode in separate pools: with both image decoders busy, a small /transcribe is
+    decoded at once; a long recording that could not be decoded in time is refused (503) before decoding."""
+    import service.runners as runners
+
+    real = runners.decode_image
+
+    def slow_image(*args, **kwargs):
+        time.sleep(1.5)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(runners, "decode_image", slow_image)
+    settings = settings_for(slow_checkpoints, **FAST, request_timeout_s=20)
+    with running(settings) as (url, _, app), httpx.Client(base_url=url, timeout=30) as c, \
+            ThreadPoolExecutor(4) as pool:
+        images = [pool.submit(c.post, "/classify", files={"file": ("x.png", image_bytes())}) for _ in range(3)]
+        time.sleep(0.3)  # both image decoders are busy, one image waits
+        t0 = time.monotonic()
+        r = c.post("/transcribe?format=csv", files={"file": ("a.wav", audio_bytes(tone(seconds=0.5, sr=8000),
+                                                                               sr=8000))})
+        assert r.status_code == 200 and time.monotonic() - t0 < 1.2, (r.status_code, time.monotonic() - t0)
+        assert all(f.result().status_code == 200 for f in images)
+        from service import decode
+        monkeypatch.setattr(decode.AUDIO_COST, "seconds_per_sample", 2e-4)  # 32 s to decode 20 s at 8 kHz
+        t0 = time.monotonic()
+        r = c.post("/transcribe", files={"file": ("long.wav", audio_bytes(tone(seconds=20, sr=8000), sr=8000))})
+        assert r.status_code == 503 and "decoding" in r.json()["detail"] and r.headers["retry-after"], r.text[:200]
+        assert time.monotonic() - t0 < 1
