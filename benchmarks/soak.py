@@ -12,7 +12,12 @@ over (or ``--max-requests`` per client), a mix of:
   file field, request heads over the size limit or with too many headers (raw socket: 431);
 - clients that go away mid-request: half an upload then close, or a whole /transcribe request and close before
   the answer;
-- /readyz, /healthz and /metrics polls.
+- /readyz, /healthz and /metrics polls;
+- live streams over WebSocket /transcribe/stream (each a few seconds): real-time, faster than real time, tiny
+  messages, pings without audio, malformed messages, and messages at the size limit as fast as possible; the
+  status recorded is the close code (1000 with a summary is success; 1007/1003/1008/1009 expected for the abusive
+  ones; 1011 is a failure). At the end two live streams are open while the server gets SIGTERM: each must get its
+  summary and 1001.
 
 Every ``--sample-s`` seconds it samples the server process's RSS (psutil when installed, else /proc/PID/status
 VmRSS). It prints a table per minute (RSS, requests by status class, p50/p99 latency of the HTTP answers) and a
@@ -123,14 +128,14 @@ def post_head(port: int, path: str, content_type: str, length: int, extra: str =
 class Traffic:
     """One client's choices; each action returns (kind, status) and is timed by the caller."""
 
-    def __init__(self, port: int, images, clips, seed: int) -> None:
+    def __init__(self, port: int, images, clips, seed: int, streams: bool = True) -> None:
         import httpx
         self.port, self.images, self.clips = port, images, clips
         self.rng = random.Random(seed)
         self.url = f"http://{HOST}:{port}"
         self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(90, connect=10))
         self.actions = [(self.classify, 30), (self.transcribe, 16), (self.poll, 20), (self.malformed, 16),
-                        (self.headers, 6), (self.disconnect, 12)]
+                        (self.headers, 6), (self.disconnect, 12)] + ([(self.stream, 12)] if streams else [])
 
     def close(self) -> None:
         self.http.close()
@@ -194,6 +199,61 @@ class Traffic:
                 s.sendall(post_head(self.port, "/transcribe", ctype, len(body)) + body)
                 time.sleep(self.rng.uniform(0.05, 0.5))  # the server is decoding or in the queue: gone
         return "disconnect", "disconnect"
+
+
+    def stream(self) -> tuple[str, str]:
+        case = self.rng.choice(["live", "live", "fast", "tiny", "ping", "malformed", "big"])
+        return f"stream_{case}", live_stream(self.port, case, self.rng.uniform(1.0, 4.0), self.rng.random())
+
+
+def live_stream(port: int, case: str, seconds: float, seed: float) -> str:
+    """One stream of the given kind; returns its close code ("1000" only after a summary), or the error."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    rate = 16_000
+    t = np.arange(int(seconds * rate)) / rate
+    pcm = (0.3 * np.sin(2 * np.pi * 440 * (1 + seed) * t) * 32767).astype("<i2").tobytes()
+    got: dict[str, Any] = {"summary": False, "code": None}
+    with connect(f"ws://{HOST}:{port}/transcribe/stream", open_timeout=30, max_size=None) as ws:
+        def read() -> None:
+            try:
+                for raw in ws:
+                    got["summary"] |= json.loads(raw).get("type") == "summary"
+            except ConnectionClosed:
+                pass
+            got["code"] = ws.close_code
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            header: Any = {"type": "start", "sample_rate": rate, "frames": case != "fast"}
+            if case == "malformed":
+                header = {"sample_rate": 1} if seed < 0.5 else "[" * 2000 + "]" * 2000
+            ws.send(header if isinstance(header, str) else json.dumps(header))
+            t0 = time.monotonic()
+            if case in ("live", "fast"):
+                for k, i in enumerate(range(0, len(pcm), 640)):  # 20 ms messages
+                    ws.send(pcm[i:i + 640])
+                    if case == "live":
+                        time.sleep(max(0.0, t0 + (k + 1) * 0.02 - time.monotonic()))
+            elif case == "tiny":  # 2-byte messages, 500 a second (the server reads 200 a second)
+                for k in range(500):
+                    ws.send(b"\0\0")
+                    time.sleep(max(0.0, t0 + (k + 1) * 0.002 - time.monotonic()))
+            elif case == "ping":
+                while time.monotonic() - t0 < 1.0:
+                    ws.send(json.dumps({"type": "ping", "time": time.monotonic()}))
+                    time.sleep(0.05)
+            elif case == "big":  # messages at the limit of seconds per message, as fast as the server reads
+                while time.monotonic() - t0 < 2.0:
+                    ws.send(pcm[:2 * rate * 2] if len(pcm) >= 4 * rate else pcm)
+            if case != "malformed":
+                ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass
+        reader.join(timeout=60)
+    code = got["code"]
+    return str(code) if got["summary"] or code not in (1000, 1001) else f"{code} without summary"
 
 
 # ---------------------------------------------------------------------------------------------- server
@@ -326,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     proc, port = start_server(args, log_path)
     print(f"soak: server pid {proc.pid} on {HOST}:{port}; {args.classifier.name} + {args.transcriber.name}; "
           f"{args.clients} client(s), {args.minutes:g} min, warm-up {warmup_s / 60:.2g} min", flush=True)
+    shutdown_streams: list[str] = []
+    streams: list[threading.Thread] = []
+    streams_on = False
     try:
         try:
             wait_ready(f"http://{HOST}:{port}", process_alive(proc), args.startup_timeout, poll_s=0.5)
@@ -333,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"soak: {e}; its log:\n" + log_path.read_text()[-4000:], file=sys.stderr)
             return 2
         startup_s = time.monotonic() - t_start
+        import httpx
+        stream_doc = httpx.get(f"http://{HOST}:{port}/transcribe/stream", timeout=30).json()
+        streams_on = bool(stream_doc["limits"]["max_streams"] and stream_doc["latency"])
         records: list[tuple[float, str, str, float]] = []  # (t since traffic start, kind, status, seconds)
         samples: list[tuple[float, int]] = []
         lock = threading.Lock()
@@ -341,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         stop = threading.Event()
 
         def client(i: int) -> None:
-            traffic = Traffic(port, images, clips, args.seed * 1000 + i)
+            traffic = Traffic(port, images, clips, args.seed * 1000 + i, streams_on)
             try:
                 for _ in range(args.max_requests):
                     if time.monotonic() >= end or stop.is_set():
@@ -378,8 +444,16 @@ def main(argv: list[str] | None = None) -> int:
             th.join(timeout=120)  # each request has a 90 s client timeout
         stop.set()
         alive = proc.poll() is None
+        # shutdown with live streams open: each must be told to end, get its summary and 1001
+        streams = [threading.Thread(target=lambda: shutdown_streams.append(live_stream(port, "live", 30.0, 0.5)),
+                                    daemon=True) for _ in range(2 if streams_on else 0)]
+        for th in streams:
+            th.start()
+        time.sleep(2.0)
     finally:
         code = stop_server(proc)
+        for th in streams:
+            th.join(timeout=30)
     log_text = log_path.read_text()
 
     rows = summarize(records, samples, run_s, bucket_s)
@@ -394,8 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     n500 = sum(c for k, c in statuses.items() if k.endswith(" 500"))
     tracebacks = log_text.count("Traceback")
     lat = {k: [r[3] for r in records if r[1] == k and r[2] == "200"] for k in ("classify", "transcribe", "poll")}
+    stream_failures = sum(c for k, c in statuses.items() if k.startswith("stream_") and (
+        k.endswith((" 1011", " None", " 1006")) or "without summary" in k or (k.startswith("stream_live")
+                                                                            and not k.endswith(" 1000"))))
     checks = {"rss_growth": growth is not None and growth < args.max_growth_mb, "server_alive": alive,
               "no_500": n500 == 0}
+    if streams_on:  # the server offers live streams (DCN_STREAM_MAX_CONCURRENT > 0)
+        checks.update(streams=stream_failures == 0, shutdown_streams=shutdown_streams == ["1001", "1001"])
     ok = all(checks.values())
     print(f"\nrequests: {len(records)} in {run_s / 60:.1f} min; by kind and status: "
           + ", ".join(f"{k}: {c}" for k, c in sorted(statuses.items())))
@@ -409,8 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"server: startup {startup_s:.0f} s, alive to the end: {alive}, exit status after SIGTERM {code}, "
           f"tracebacks in its log: {tracebacks}")
     print(f"hardware: {hardware()}")
-    print(f"verdict: {'PASS' if ok else 'FAIL'} (growth < {args.max_growth_mb:g} MB: {checks['rss_growth']}, "
-          f"server alive: {alive}, no 500: {checks['no_500']})")
+    if streams_on:
+        print(f"shutdown with 2 live streams open: {shutdown_streams} (1001 after a summary expected)")
+    print(f"verdict: {'PASS' if ok else 'FAIL'} ({', '.join(f'{k}: {v}' for k, v in checks.items())})")
     if not alive or tracebacks:
         print("server log (tail):\n" + log_text[-3000:])
     if args.json:

@@ -23,6 +23,7 @@ from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
+from .guard import LoadShedder, OriginGuard
 from .metrics import VERSION, Metrics
 from .middleware import Hardening, MetricsMiddleware, RequestId, UploadGuard
 from .responses import add_exception_handlers
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "`X-Request-ID` (yours when you send one).")
     app.state.service = service
     app.state.metrics = metrics
+    app.add_middleware(LoadShedder, service=service)
+    app.add_middleware(OriginGuard, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins)
     app.add_middleware(UploadGuard, max_bytes=settings.max_upload_bytes, body_timeout_s=settings.body_timeout_s,
                        upload_timeout_s=settings.upload_timeout_s)
     app.add_middleware(Hardening, service=service, max_header_count=settings.max_header_count)

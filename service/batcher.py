@@ -116,9 +116,16 @@ class Batcher:
     def _drain_seconds(self) -> float:
         return max(1.0, (self.item_seconds or 0.0) * self.depth)
 
-    def precheck(self, timeout: float | None = None) -> None:
+    def precheck(self, timeout: float | None = None, items: int | None = None, before_s: float = 0.0) -> None:
         """Before decoding an upload: QueueFull if the queue is full already, or its backlog alone would take
-        longer than ``timeout`` (so an overloaded service refuses work before spending CPU on it)."""
+        longer than ``timeout`` (so an overloaded service refuses work before spending CPU on it). With ``items``
+        (known from the upload's header) and ``before_s`` (seconds of decoding first): QueueFull also when that
+        job would not be admitted once decoded (the admission rule of ``submit``)."""
+        if timeout is not None and items is not None:
+            if before_s > self.admission_margin * timeout:
+                raise QueueFull(f"decoding this upload would take about {before_s:.1f} s, more than its deadline "
+                                f"allows", max(1.0, before_s))
+            self._admit(items, time.monotonic() + timeout - before_s)
         if not self.running:
             raise BatcherStopped(f"{self.name} is not running")
         if self.depth >= self.max_queue_size:

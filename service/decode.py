@@ -12,8 +12,12 @@ import ctypes
 import ctypes.util
 import io
 import re
+import threading
+import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -45,6 +49,97 @@ class DecodeCancelled(Exception):
 def _check(should_stop: StopCheck | None) -> None:
     if should_stop is not None and (reason := should_stop()):
         raise DecodeCancelled(reason)
+
+
+class DecodePool:
+    """A bounded thread pool for one route's decoding (memory and CPU spent on decoding are bounded by its size),
+    which knows how long its queue is: jobs waiting or running, and their mean duration (measured)."""
+
+    def __init__(self, name: str, workers: int) -> None:
+        self.name, self.workers = name, workers
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix=f"decode-{name}")
+        self.jobs = 0               # submitted, not finished
+        self.mean_s: float | None = None  # moving average of a job's duration
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        def run() -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                took = time.perf_counter() - t0
+                with self._lock:
+                    self.mean_s = took if self.mean_s is None else 0.8 * self.mean_s + 0.2 * took
+        with self._lock:
+            self.jobs += 1
+        future = self.executor.submit(run)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future) -> None:
+        with self._lock:
+            self.jobs -= 1
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued behind the running ones."""
+        return max(0, self.jobs - self.workers)
+
+    def wait_s(self) -> float:
+        """About how long a job submitted now waits before it starts."""
+        return (self.mean_s or 0.0) * self.waiting / self.workers if self.jobs >= self.workers else 0.0
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class DecodePools:
+    """One DecodePool per route, so that a flood of one kind (image bombs) cannot starve the other (audio)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pools = {"classifier": DecodePool("image", workers), "transcriber": DecodePool("audio", workers)}
+
+    def __getitem__(self, model: str) -> DecodePool:
+        return self.pools[model]
+
+    def shutdown(self) -> None:
+        for pool in self.pools.values():
+            pool.shutdown()
+
+
+class AudioCost:
+    """Seconds of decoding (and resampling) per input sample, measured on the decodes done (a moving average),
+    seeded with a cautious value: a long recording can be refused before it is decoded when it cannot finish."""
+
+    def __init__(self, seconds_per_sample: float = 5e-8) -> None:
+        self.seconds_per_sample = seconds_per_sample
+        self._lock = threading.Lock()
+
+    def observe(self, samples: int, seconds: float) -> None:
+        if samples >= 1_000_000:  # short decodes are dominated by fixed costs
+            with self._lock:
+                self.seconds_per_sample = 0.7 * self.seconds_per_sample + 0.3 * seconds / samples
+
+    def estimate(self, samples: int) -> float:
+        return self.seconds_per_sample * samples
+
+
+AUDIO_COST = AudioCost()
+
+
+def describe_seconds(seconds: float, limit: float) -> str:
+    """A duration in an over-the-limit message, with enough digits to differ from the limit (2.04 s, not 2.0 s)."""
+    for digits in range(1, 7):
+        text = f"{seconds:.{digits}f}"
+        if float(text) != limit:
+            return text
+    return repr(seconds)
+
+
+def _without_addresses(message: str) -> str:
+    """An exception's text without object reprs (``<_io.BytesIO object at 0x7f...>``): no heap addresses."""
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the upload", message)
 
 
 def _image_signature(data: bytes) -> str | None:
@@ -105,7 +200,8 @@ def open_image(data: bytes, max_pixels: int, max_bytes: int | None = None) -> Im
         raise DecodeError(400, f"image too large to decode (decompression bomb?): {e}") from None
     except Exception as e:  # noqa: BLE001 - PIL signals "not an image" with many exception types
         if signature:
-            raise DecodeError(400, f"damaged {signature} image: {type(e).__name__}: {e}") from None
+            raise DecodeError(400, f"damaged {signature} image: {type(e).__name__}: {_without_addresses(str(e))}"
+                              ) from None
         raise DecodeError(415, "not an image in a supported format (PNG, JPEG, BMP, GIF, WebP)") from None
     if img.format not in IMAGE_FORMATS:
         raise DecodeError(415, f"unsupported image format {img.format}; use PNG, JPEG, BMP, GIF or WebP")
@@ -140,7 +236,8 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int, max_bytes:
             else:
                 img = img.convert("RGB").resize((w, h), Image.BILINEAR, reducing_gap=2.0)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for truncated or corrupt data
-        raise DecodeError(400, f"cannot decode {header.format} image (damaged?): {type(e).__name__}: {e}") from None
+        raise DecodeError(400, f"cannot decode {header.format} image (damaged?): {type(e).__name__}: "
+                               f"{_without_addresses(str(e))}") from None
     finally:
         header.img = None
         if header.decoded_bytes > 16 * 2**20:
@@ -170,7 +267,7 @@ def _open_audio(data: bytes) -> sf.SoundFile:
         f = sf.SoundFile(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001 - libsndfile's "unknown format" and cffi errors alike
         if signature:
-            why = re.sub(r"Error opening <[^>]*>: ", "", str(e))  # not the BytesIO's repr
+            why = _without_addresses(re.sub(r"Error opening <[^>]*>: ", "", str(e)))  # not the BytesIO's repr
             raise DecodeError(400, f"damaged or unreadable {signature} audio: {why}") from None
         raise DecodeError(415, "not an audio file in a supported format (WAV, FLAC, OGG, MP3)") from None
     if f.format not in AUDIO_FORMATS:
@@ -186,10 +283,10 @@ def _open_audio(data: bytes) -> sf.SoundFile:
     return f
 
 
-def audio_header(data: bytes) -> tuple[int, int]:
-    """(declared frames, sample rate) from the header, without decoding."""
+def audio_header(data: bytes) -> tuple[int, int, int]:
+    """(declared frames, sample rate, channels) from the header, without decoding."""
     with _open_audio(data) as f:
-        return f.frames, f.samplerate
+        return f.frames, f.samplerate, f.channels
 
 
 def decode_audio(data: bytes, max_seconds: float, target_rate: int | None = None,
@@ -212,14 +309,15 @@ def decode_audio_ex(data: bytes, max_seconds: float, target_rate: int | None = N
         sr = f.samplerate
         max_frames = int(max_seconds * sr)
         if f.frames > max_frames:
-            raise DecodeError(413, f"recording is {f.frames / sr:.1f} s long; the limit is {max_seconds:g} s")
+            raise DecodeError(413, f"recording is {describe_seconds(f.frames / sr, max_seconds)} s long; the limit "
+                                   f"is {max_seconds:g} s")
         stream = None
         if target_rate is not None and target_rate != sr:
             import soxr  # the resampler librosa's soxr_hq uses; streaming gives the same samples
             stream = soxr.ResampleStream(sr, target_rate, 1, dtype="float64", quality="HQ")
         # Read in blocks and mix down as we go: memory stays at one mono copy (at the target rate when
         # resampling), and a header that lies about its length cannot make us decode more than the limit.
-        blocks, n = [], 0
+        blocks, n, t0 = [], 0, time.perf_counter()
         try:
             while True:
                 _check(should_stop)
@@ -247,6 +345,7 @@ def decode_audio_ex(data: bytes, max_seconds: float, target_rate: int | None = N
             raise DecodeError(400, "audio has no samples")
         if stream is not None:
             blocks.append(stream.resample_chunk(np.zeros(0, np.float64), last=True))
+        AUDIO_COST.observe(n * f.channels, time.perf_counter() - t0)
     rate = sr if stream is None else target_rate
     out = np.concatenate(blocks)
     if stream is not None:

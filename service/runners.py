@@ -16,7 +16,7 @@ from torch import nn
 from models import transcription as tr
 from models.checkpoint import CheckpointError, count_parameters, file_sha256, load_checkpoint
 
-from .decode import DecodeError, StopCheck, decode_audio_ex, decode_image
+from .decode import AUDIO_COST, DecodeError, StopCheck, audio_header, decode_audio_ex, decode_image
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("service")
@@ -168,6 +168,18 @@ class TranscriberRunner(_Runner):
             raise DecodeError(400, f"audio cannot be analysed: {e}") from None
         windows, n_frames = tr.cut_windows(self.model, mono)
         return windows, n_frames, duration
+
+    def upload_cost(self, data: bytes) -> tuple[int, float] | None:
+        """(audio windows, estimated decoding seconds) of an upload, from its header alone; None when the header
+        cannot be read (decoding will say why) or declares no length."""
+        try:
+            frames, rate, channels = audio_header(data)
+        except DecodeError:
+            return None
+        if frames <= 0:
+            return None
+        n_frames = tr.count_frames(self.model, int(frames * self.sample_rate / rate))
+        return -(-n_frames // int(self.model.frames_per_window)), AUDIO_COST.estimate(frames * channels)
 
     def add_window_model(self, model: nn.Module) -> None:
         """Serve windows of ``tr.window_samples(model)`` samples with ``model`` too (the live streams' copy with

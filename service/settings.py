@@ -98,6 +98,27 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line (with the "
                                                                     "request id), for log collectors")
 
+    # Hardening, round two (issue 21): connections, live streams, origins
+    header_timeout_pressure_s: float = Field(1.0, gt=0, description="header timeout for new and idle connections "
+                                                                     "while more than half of max_connections are "
+                                                                     "open")
+    stream_header_timeout_s: float = Field(3.0, gt=0, description="a live stream must send its header within this "
+                                                                  "(1008); it takes a stream slot only then")
+    stream_max_message_seconds: float = Field(2.0, gt=0, description="audio in one WebSocket message (1009 beyond)")
+    stream_max_messages_per_s: float = Field(200.0, gt=0, description="messages a stream may send per second "
+                                                                      "(bursts of as many); faster ones are read "
+                                                                      "more slowly (back-pressure)")
+    allowed_origins: list[str] = Field(default_factory=list, description="origins (scheme://host[:port]) besides "
+                                       "the service's own whose pages may open the live stream or POST uploads; "
+                                       "'*' allows any. Requests without an Origin header (scripts) are not "
+                                       "affected")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host header values accepted (names, no "
+                                     "port; '*' any). Empty: any, except that a server bound to a loopback "
+                                     "address accepts only localhost names (DNS rebinding)")
+    stream_max_speed: float = Field(10.0, ge=1, description="a client ahead of real time (beyond the margin) is "
+                                                            "read as fast as its audio is transcribed, at most this "
+                                                            "many times real time; 1: strictly real time")
+
     @field_validator("classifier_checkpoint", "transcriber_checkpoint", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:

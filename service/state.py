@@ -8,7 +8,6 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -17,7 +16,7 @@ from fastapi import HTTPException, Request
 from models.checkpoint import resolve_device
 
 from .batcher import Batcher, BatcherStopped, QueueFull
-from .decode import DecodeCancelled
+from .decode import DecodeCancelled, DecodePools
 from .metrics import Metrics
 from .runners import ClassifierRunner, TranscriberRunner
 from .settings import Settings
@@ -54,7 +53,7 @@ class Service:
         self.in_flight = 0      # upload requests being served
         self._stopping: asyncio.Event | None = None  # set when the grace period is over: waiting requests get 503
         # A bounded pool for decoding: memory and CPU spent on decoding are bounded by its size.
-        self.decoder = ThreadPoolExecutor(settings.decode_concurrency, thread_name_prefix="decode")
+        self.decoder = DecodePools(settings.decode_concurrency)  # one pool per route
 
     def load(self) -> None:
         """Blocking; raises CheckpointError / RuntimeError with a clear message (startup fails fast)."""
@@ -104,7 +103,7 @@ class Service:
         s = self.settings
         self._stopping = asyncio.Event()
         self.draining = False
-        self.decoder = ThreadPoolExecutor(s.decode_concurrency, thread_name_prefix="decode")
+        self.decoder = DecodePools(s.decode_concurrency)
         await asyncio.to_thread(self.load)
         for name, runner in self.runners.items():
             size = self.batch_size(name)
@@ -144,7 +143,7 @@ class Service:
         self.metrics.ready.set(0)
         for batcher in self.batchers.values():
             await batcher.stop()
-        self.decoder.shutdown(wait=False, cancel_futures=True)
+        self.decoder.shutdown()
 
     @property
     def runners(self) -> dict[str, ClassifierRunner | TranscriberRunner]:
@@ -180,10 +179,12 @@ class Service:
         if not self.is_ready:
             raise HTTPException(503, "service is not ready", headers={"Retry-After": "1"})
 
-    def precheck(self, model: str) -> None:
+    def precheck(self, model: str, cost: tuple[int, float] | None = None) -> None:
         """Before any decoding: 503 at once when the model's queue is full or its backlog exceeds the deadline."""
         try:
-            self.batchers[model].precheck(self.settings.request_timeout_s)
+            items, decode_s = cost or (None, 0.0)  # cost: (items, decoding seconds) from the upload's header
+            self.batchers[model].precheck(self.settings.request_timeout_s, items,
+                                          decode_s + self.decoder[model].wait_s())
         except QueueFull as e:
             self.metrics.rejected.labels(model, "queue_full").inc()
             raise HTTPException(503, f"{e}; retry later", headers={"Retry-After": _retry_after(e)}) from None
@@ -195,8 +196,8 @@ class Service:
         """``fn(*args, should_stop=...)`` in the decode pool, within the deadline; it stops (and the client gets
         504 / 499 / 503) when the deadline passes, the client goes away or the grace period ends."""
         reason: list[str] = []
-        work = asyncio.get_running_loop().run_in_executor(
-            self.decoder, functools.partial(fn, *args, should_stop=lambda: reason[0] if reason else None))
+        work = asyncio.wrap_future(self.decoder[model].submit(
+            functools.partial(fn, *args, should_stop=lambda: reason[0] if reason else None)))
         try:
             return await self._guard(request, model, work, deadline, reason)
         except DecodeCancelled:  # only after a reason was given, which _guard has answered already

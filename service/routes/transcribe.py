@@ -97,6 +97,9 @@ def add_routes(r: FastAPI, service: Service) -> None:
             raise HTTPException(422, str(e)) from None
         service.precheck("transcriber")  # overloaded: refuse before spending CPU on decoding
         datas = [await f.read() for f in file]
+        costs = [c for c in [await run_in_threadpool(runner.upload_cost, d) for d in datas] if c is not None]
+        if costs:  # long audio refused from the headers alone, before any decoding
+            service.precheck("transcriber", (sum(c[0] for c in costs), sum(c[1] for c in costs)))
         names = [f.filename or f"file{i}" for i, f in enumerate(file)]
 
         def decode_all(should_stop: Callable[[], str | None]) -> list[tuple[torch.Tensor, int, float]]:

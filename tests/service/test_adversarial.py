@@ -47,15 +47,18 @@ def rss() -> int:
 
 
 @contextmanager
-def running(settings: Settings) -> Iterator[tuple[str, int, object]]:
-    """The hardened server (as ``python -m service`` runs it) in a thread on a free loopback port."""
+def running(settings: Settings, server_out: list | None = None, **overrides) -> Iterator[tuple[str, int, object]]:
+    """The hardened server (as ``python -m service`` runs it) in a thread on a free loopback port; ``overrides``:
+    uvicorn options; ``server_out`` receives the GracefulServer (to start its shutdown)."""
     app = create_app(settings)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = GracefulServer(uvicorn_config(app, settings, log_level="warning"), app.state.service,
-                            settings.shutdown_grace_s)
+    server = GracefulServer(uvicorn_config(app, settings, **{"log_level": "warning", **overrides}),
+                            app.state.service, settings.shutdown_grace_s)
+    if server_out is not None:
+        server_out.append(server)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -205,7 +208,7 @@ def _wav_rate_zero() -> bytes:
 def test_huge_and_many_headers(server):
     url, port, _ = server
     t0 = time.monotonic()
-    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
     try:
         for _ in range(64):  # 64 x 16 KB of one header: refused after the first 16 KB, not read to the end
             s.sendall(b"X-Big: " + b"a" * 16_000 + b"\r\n")
@@ -216,16 +219,16 @@ def test_huge_and_many_headers(server):
     assert reply.startswith(b"HTTP/1.1 431"), reply[:100]
     assert time.monotonic() - t0 < 5
     many = b"".join(b"X-H%d: 1\r\n" % i for i in range(150))
-    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + many + b"\r\n")
     reply = _read_all(s)
     s.close()
     assert reply.startswith(b"HTTP/1.1 431") and b"limit is 100" in reply, reply[:200]
     for size in (20_000, 60_000):  # a whole head over the limit in one chunk, its end included: 431 too
-        s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+        s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
         reply = _read_all(s)
         s.close()
         assert reply.startswith(b"HTTP/1.1 431"), reply[:100]
-    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Ok: " + b"a" * 15_000
+    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Ok: " + b"a" * 15_000
                + b"\r\n\r\n")
     reply = _read_all(s)  # just under the limit
     s.close()
@@ -236,8 +239,8 @@ def test_huge_and_many_headers(server):
 def test_silent_slow_and_half_sent_connections_are_closed(server):
     url, port, _ = server
     silent = [_raw(port, b"", timeout=5) for _ in range(50)]
-    slow_head = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finishes its head
-    slow_body = _raw(port, b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    slow_head = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")  # never finishes its head
+    slow_body = _raw(port, b"POST /classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                            b"Content-Length: 100000\r\n\r\n--b\r\n")  # then nothing
     t0 = time.monotonic()
     r = httpx.get(f"{url}/healthz", timeout=5)  # others are served meanwhile
@@ -249,7 +252,7 @@ def test_silent_slow_and_half_sent_connections_are_closed(server):
     assert _read_all(slow_body).startswith(b"HTTP/1.1 408")
     assert time.monotonic() - t0 < 5
     # an idle keep-alive connection is closed after the keep-alive timeout
-    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    s = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     t0 = time.monotonic()
     reply = _read_all(s)
     assert reply.startswith(b"HTTP/1.1 200") and time.monotonic() - t0 < 4
@@ -273,7 +276,7 @@ def test_disconnect_during_upload_counts_499(server):
     url, port, _ = server
     text = httpx.get(f"{url}/metrics").text
     before, before_400 = (metric(text, "dcn_requests_total", route="/classify", status=s) for s in ("499", "400"))
-    s = _raw(port, b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    s = _raw(port, b"POST /classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                    b"Content-Length: 100000\r\n\r\n--b\r\n" + b"x" * 1000)
     time.sleep(0.2)
     s.close()
@@ -290,7 +293,7 @@ def test_slow_upload_does_not_eat_the_deadline(checkpoints):
         body, boundary = b"", "b"
         body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
                 f"Content-Type: image/png\r\n\r\n").encode() + image_bytes() + f"\r\n--{boundary}--\r\n".encode()
-        s = _raw(port, (f"POST /classify HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: multipart/form-data; "
+        s = _raw(port, (f"POST /classify HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: multipart/form-data; "
                         f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body[:50])
         time.sleep(2.0)
         s.sendall(body[50:])
@@ -449,3 +452,112 @@ def test_transcriber_without_task_is_inferred_and_logged_once(tmp_path, caplog):
     message = str(info.value)
     assert message.startswith(f"DCN_TRANSCRIBER_CHECKPOINT: {half}: not a usable transcriber (AttributeError")
     assert "\n" not in message
+
+
+def test_content_length_with_transfer_encoding_is_refused_and_closed(server):
+    """Request smuggling: CL + TE is a 400 (JSON) and the connection is closed, so the request hidden behind the
+    first one's body is never served."""
+    url, port, _ = server
+    smuggled = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    s = _raw(port, b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled)
+    reply = _read_all(s)
+    s.close()
+    assert reply.startswith(b"HTTP/1.1 400") and reply.count(b"HTTP/1.1") == 1, reply
+    assert b"Transfer-Encoding" in reply and b"connection: close" in reply.lower()
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["detail"]
+    r = httpx.get(f"{url}/healthz", timeout=5)
+    assert r.status_code == 200 and "server" not in r.headers  # and no `server: uvicorn`
+
+
+def test_probes_answer_within_100_ms_with_the_connection_limit_full(checkpoints):
+    """520 silent connections against the 512-connection limit: /healthz and /readyz still answer 200 within
+    100 ms (probes are exempt from the limit), and an upload gets a slot (the oldest silent connection is evicted);
+    more than half the limit open: new silent connections are closed after the tighter header timeout."""
+    settings = settings_for(checkpoints, **{**FAST, "header_timeout_s": 30.0, "header_timeout_pressure_s": 1.0,
+                                            "max_connections": 512})
+    with running(settings) as (url, port, _):
+        silent = [_raw(port, b"", timeout=10) for _ in range(520)]
+        try:
+            time.sleep(0.3)
+            with httpx.Client(base_url=url, timeout=5) as c:
+                for path in ("/healthz", "/readyz") * 5:
+                    t0 = time.perf_counter()
+                    r = c.get(path, headers={"Connection": "close"})
+                    assert r.status_code == 200 and time.perf_counter() - t0 < 0.1, (path, r.status_code)
+                r = c.post("/classify", files={"file": ("x.png", image_bytes())})
+                assert r.status_code == 200, r.text
+            t0 = time.monotonic()
+            assert _read_all(silent[-1]) == b""  # opened under pressure: closed after 1 s, not 30
+            assert time.monotonic() - t0 < 3
+        finally:
+            for s in silent:
+                s.close()
+
+
+def test_host_and_origin_checks(checkpoints):
+    """Loopback bind: a foreign Host (DNS rebinding) is 400; a cross-origin POST or WebSocket is 403 unless the
+    origin is listed; same-origin and Origin-less requests pass."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    settings = settings_for(checkpoints, **FAST, allowed_origins=["https://app.example"])
+    with running(settings) as (url, port, _), httpx.Client(base_url=url, timeout=10) as c:
+        assert c.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
+        assert c.get("/healthz", headers={"Host": f"localhost:{port}"}).status_code == 200
+        files = {"file": ("x.png", image_bytes())}
+        r = c.post("/classify", files=files, headers={"Origin": "http://evil.example"})
+        assert r.status_code == 403 and "evil.example" in r.json()["detail"]
+        assert c.post("/classify", files=files, headers={"Origin": url}).status_code == 200
+        assert c.post("/classify", files=files, headers={"Origin": "https://app.example"}).status_code == 200
+        assert c.post("/classify", files=files).status_code == 200
+        ws_url = url.replace("http://", "ws://") + "/transcribe/stream"
+        with pytest.raises(InvalidStatus) as e:
+            connect(ws_url, origin="http://evil.example", open_timeout=5)
+        assert e.value.response.status_code == 403
+        with connect(ws_url, origin=url, open_timeout=5) as ws:
+            ws.send(json.dumps({"sample_rate": 8000}))
+            assert json.loads(ws.recv(timeout=5))["type"] == "ready"
+
+
+def test_decode_messages_say_the_truth():
+    """2.04 s over a 2 s limit is said as 2.04 s; damaged-image messages carry no heap address."""
+    from service.decode import DecodeError, decode_audio_ex, decode_image
+
+    with pytest.raises(DecodeError) as e:
+        decode_audio_ex(audio_bytes(np.zeros(int(2.04 * 8000), np.float32), sr=8000), 2.0)
+    assert e.value.status_code == 413 and "2.04 s long; the limit is 2 s" in e.value.detail
+    png = image_bytes("PNG", size=(64, 64))
+    for data in (png[:33], png[:60], png[:29] + bytes([png[29] ^ 0xFF]) + png[30:]):
+        with pytest.raises(DecodeError) as e:
+            decode_image(data, (32, 32), 10**8)
+        assert " at 0x" not in e.value.detail and "object" not in e.value.detail, e.value.detail
+
+
+def test_image_flood_does_not_starve_audio(slow_checkpoints, monkeypatch):
+    """Image and audio uploads decode in separate pools: with both image decoders busy, a small /transcribe is
+    decoded at once; a long recording that could not be decoded in time is refused (503) before decoding."""
+    import service.runners as runners
+
+    real = runners.decode_image
+
+    def slow_image(*args, **kwargs):
+        time.sleep(1.5)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(runners, "decode_image", slow_image)
+    settings = settings_for(slow_checkpoints, **FAST, request_timeout_s=20)
+    with running(settings) as (url, _, app), httpx.Client(base_url=url, timeout=30) as c, \
+            ThreadPoolExecutor(4) as pool:
+        images = [pool.submit(c.post, "/classify", files={"file": ("x.png", image_bytes())}) for _ in range(3)]
+        time.sleep(0.3)  # both image decoders are busy, one image waits
+        t0 = time.monotonic()
+        r = c.post("/transcribe?format=csv", files={"file": ("a.wav", audio_bytes(tone(seconds=0.5, sr=8000),
+                                                                               sr=8000))})
+        assert r.status_code == 200 and time.monotonic() - t0 < 1.2, (r.status_code, time.monotonic() - t0)
+        assert all(f.result().status_code == 200 for f in images)
+        from service import decode
+        monkeypatch.setattr(decode.AUDIO_COST, "seconds_per_sample", 2e-4)  # 32 s to decode 20 s at 8 kHz
+        t0 = time.monotonic()
+        r = c.post("/transcribe", files={"file": ("long.wav", audio_bytes(tone(seconds=20, sr=8000), sr=8000))})
+        assert r.status_code == 503 and "decoding" in r.json()["detail"] and r.headers["retry-after"], r.text[:200]
+        assert time.monotonic() - t0 < 1

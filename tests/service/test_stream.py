@@ -295,7 +295,7 @@ def test_limits_concurrency_idle_duration(onset_ckpts):
 
 def test_back_pressure_paces_a_client_that_sends_too_fast(onset_ckpts):
     """2 s of audio sent at once, margin 0.5 s: the server reads it no faster than real time + the margin."""
-    with TestClient(_app(onset_ckpts, stream_realtime_margin_s=0.5)) as client:
+    with TestClient(_app(onset_ckpts, stream_realtime_margin_s=0.5, stream_max_speed=1.0)) as client:
         with client.websocket_connect("/transcribe/stream") as ws:
             t0 = time.monotonic()
             msgs = _stream(ws, {"sample_rate": 8000, "frames": False}, _int16(_melody(8000, 2.0)))
