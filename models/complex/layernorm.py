@@ -41,7 +41,7 @@ class ComplexLayerNorm(nn.Module):
             raise ValueError("normalized_shape needs at least one dim")
         self.normalized_shape, self.eps, self.elementwise_affine = shape, eps, elementwise_affine
         self.layout = check_layout(layout)
-        f = dict(device=device, dtype=dtype)
+        f = {"device": device, "dtype": dtype}
         self.gamma_rr = self.gamma_ri = self.gamma_ii = self.beta = None
         if elementwise_affine:
             self.gamma_rr = nn.Parameter(torch.full(shape, 1 / math.sqrt(2), **f))

@@ -7,10 +7,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.complex import (Cardioid, CReLU, ComplexConv1d, ComplexConv2d, ComplexConv3d, ComplexConvTranspose1d,
-                            ComplexConvTranspose2d, ComplexConvTranspose3d, ComplexDropout, ComplexLinear,
-                            ComplexMaxPool1d, ComplexMaxPool2d, ModReLU, ModTanh, SplitSigmoid, SplitTanh, ZReLU,
-                            complex_activation, from_complex, to_complex)
+from models.complex import (
+    Cardioid,
+    ComplexConv1d,
+    ComplexConv2d,
+    ComplexConv3d,
+    ComplexConvTranspose1d,
+    ComplexConvTranspose2d,
+    ComplexConvTranspose3d,
+    ComplexDropout,
+    ComplexLinear,
+    ComplexMaxPool1d,
+    ComplexMaxPool2d,
+    CReLU,
+    ModReLU,
+    ModTanh,
+    SplitSigmoid,
+    SplitTanh,
+    ZReLU,
+    complex_activation,
+    from_complex,
+    to_complex,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -9,12 +9,35 @@ import torch
 from torch import nn
 
 import models.complex as mc
-from models.complex import (Cardioid, ComplexAvgPool1d, ComplexAvgPool2d, ComplexAvgPool3d, ComplexBatchNorm1d,
-                            ComplexBatchNorm2d, ComplexConv1d, ComplexConv2d, ComplexConv3d, ComplexConvTranspose1d,
-                            ComplexConvTranspose2d, ComplexConvTranspose3d, ComplexDropout, ComplexLayerNorm,
-                            ComplexLinear, ComplexMaxPool1d, ComplexMaxPool2d, ComplexMaxPool3d, CReLU, ModReLU,
-                            ModTanh, SplitSigmoid, SplitTanh, ZReLU, complex_global_max_pool, from_complex,
-                            to_complex)
+from models.complex import (
+    Cardioid,
+    ComplexAvgPool1d,
+    ComplexAvgPool2d,
+    ComplexAvgPool3d,
+    ComplexBatchNorm1d,
+    ComplexBatchNorm2d,
+    ComplexConv1d,
+    ComplexConv2d,
+    ComplexConv3d,
+    ComplexConvTranspose1d,
+    ComplexConvTranspose2d,
+    ComplexConvTranspose3d,
+    ComplexDropout,
+    ComplexLayerNorm,
+    ComplexLinear,
+    ComplexMaxPool1d,
+    ComplexMaxPool2d,
+    ComplexMaxPool3d,
+    CReLU,
+    ModReLU,
+    ModTanh,
+    SplitSigmoid,
+    SplitTanh,
+    ZReLU,
+    complex_global_max_pool,
+    from_complex,
+    to_complex,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -180,10 +203,10 @@ def test_every_layer_has_a_docstring():
 @pytest.mark.parametrize("layer,text", [
     (ComplexMaxPool2d(3, stride=2, padding=1), "kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False"),
     (ComplexMaxPool1d(2), "kernel_size=2, stride=2"),
-    (ComplexAvgPool2d(2, layout="complex"), "kernel_size=2, stride=2, padding=0, ceil_mode=False, "
-                                            "count_include_pad=True, layout='complex'"),
-    (ComplexConvTranspose2d(3, 4, 3, stride=2, output_padding=1), "3, 4, kernel_size=(3, 3), stride=(2, 2), "
-                                                                  "padding=(0, 0), output_padding=(1, 1)"),
+    (ComplexAvgPool2d(2, layout="complex"),
+     "kernel_size=2, stride=2, padding=0, ceil_mode=False, count_include_pad=True, layout='complex'"),
+    (ComplexConvTranspose2d(3, 4, 3, stride=2, output_padding=1),
+     "3, 4, kernel_size=(3, 3), stride=(2, 2), padding=(0, 0), output_padding=(1, 1)"),
     (ComplexConv3d(2, 3, 1, bias=False), "2, 3, kernel_size=(1, 1, 1)"),
     (ComplexLayerNorm((4, 5), eps=1e-3), "(4, 5), eps=0.001, elementwise_affine=True, bias=True"),
     (ModReLU(4, eps=1e-6), "4, eps=1e-06, dim=1"),
@@ -191,8 +214,8 @@ def test_every_layer_has_a_docstring():
     (ComplexDropout(0.2), "p=0.2, dim=1"),
     (CReLU(layout="real_imag"), "inplace=False, layout='real_imag'"),
     (SplitTanh(layout="complex"), "layout='complex'"),
-    (ComplexBatchNorm1d(5, layout="complex"), "5, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True, "
-                                              "layout='complex'"),
+    (ComplexBatchNorm1d(5, layout="complex"),
+     "5, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True, layout='complex'"),
 ])
 def test_repr_shows_arguments(layer, text):
     assert text in repr(layer)
