@@ -171,7 +171,7 @@ class _ComplexConvTransposeNd(_ComplexWeightMixin, nn.Module):
             raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) "
                              f"must be divisible by groups ({groups})")
         if isinstance(padding, str):
-            raise ValueError(f"{type(self).__name__} takes integer padding (as nn.ConvTranspose*d), got {padding!r}")
+            raise TypeError(f"{type(self).__name__} takes integer padding (as nn.ConvTranspose*d), got {padding!r}")
         d = self._dims
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = _tuple(kernel_size, d), _tuple(stride, d)

@@ -60,7 +60,8 @@ def check_input(x: torch.Tensor, owner: object, channels: int | None = None, dim
 
     ``owner`` is the layer (its ``layout`` attribute and name go into the checks and messages) or a name;
     ``channels`` the complex channels expected along ``dim`` (None: any; a real tensor still needs an even size
-    there; ``dim`` None: no size check, for rules applied to every real number alike). Raises TypeError for a form the layer was told not to take, ValueError for a size that fits neither.
+    there); ``dim`` None: no size check, for rules applied to every real number alike (CReLU). Raises TypeError
+    for a form the layer was told not to take or a non-float real tensor, ValueError for a size that fits neither.
     """
     layout = getattr(owner, "layout", "auto")
     native = x.is_complex()

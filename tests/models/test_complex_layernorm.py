@@ -11,7 +11,8 @@ from models.complex import ComplexLayerNorm, from_complex
 def _correlated(n: int = 4, shape=(3, 16), seed: int = 0) -> torch.Tensor:
     """Complex examples with their own mean, scale and real/imag correlation (as a complex tensor)."""
     g = torch.Generator().manual_seed(seed)
-    re = torch.randn(n, *shape, generator=g, dtype=torch.float64) * torch.rand(n, 1, 1, generator=g, dtype=torch.float64) * 3
+    scale = torch.rand(n, 1, 1, generator=g, dtype=torch.float64) * 3
+    re = torch.randn(n, *shape, generator=g, dtype=torch.float64) * scale
     im = 0.7 * re + 0.2 * torch.randn(n, *shape, generator=g, dtype=torch.float64)
     return torch.complex(re + 2, im - 1)
 

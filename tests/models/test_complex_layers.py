@@ -121,7 +121,7 @@ def test_transposed_conv_is_the_adjoint_of_the_conv_and_takes_output_size():
         up(x, output_size=(9, 12))
     with pytest.raises(ValueError, match="output_padding"):
         ComplexConvTranspose1d(1, 1, 3, stride=2, output_padding=2)
-    with pytest.raises(ValueError, match="integer padding"):
+    with pytest.raises(TypeError, match="integer padding"):
         ComplexConvTranspose2d(1, 1, 3, padding="same")
 
 
