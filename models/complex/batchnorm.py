@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .conv import block_weight
-from .layout import real_imag
+from .layout import apply_real_imag, check_layout, layout_repr, real_imag
 
 
 def inverse_sqrt_2x2(vrr: torch.Tensor, vri: torch.Tensor, vii: torch.Tensor):
@@ -260,9 +260,11 @@ def _compiled_batch_norm(*args):
 
 class _ComplexBatchNorm(nn.Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None) -> None:
+                 affine: bool = True, track_running_stats: bool = True, layout: str = "auto", device=None,
+                 dtype=None) -> None:
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.layout = check_layout(layout)
         self.affine, self.track_running_stats = affine, track_running_stats
         f = dict(device=device, dtype=dtype)
         if affine:
@@ -288,8 +290,9 @@ class _ComplexBatchNorm(nn.Module):
         return (self.gamma_rr, self.gamma_ri, self.gamma_ii) if self.affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or x.shape[1] != 2 * self.num_features:
-            raise ValueError(f"expected (N, {2 * self.num_features}, ...) input, got {tuple(x.shape)}")
+        return apply_real_imag(self._forward, x, self, self.num_features)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = x.dtype
         if out_dtype in (torch.float16, torch.bfloat16):
             x = x.float()  # statistics in half precision are too coarse, as in torch's own BN under autocast
@@ -341,7 +344,8 @@ class _ComplexBatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats} (complex channels)")
+                f"track_running_stats={self.track_running_stats}"
+                f"{layout_repr(self.layout)} (complex channels)")
 
 
 def fold_complex_bn(conv: nn.Module, bn: _ComplexBatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -368,9 +372,20 @@ def fold_complex_bn(conv: nn.Module, bn: _ComplexBatchNorm) -> tuple[torch.Tenso
     return weight, bias
 
 
+_BN_ARGS = """
+
+    ``num_features`` counts complex channels; ``eps``, ``momentum`` (None: cumulative average),
+    ``track_running_stats`` as in ``nn.BatchNorm*d``; ``affine`` learns the symmetric 2x2 scale
+    (gamma_rr, gamma_ri, gamma_ii; 1/sqrt(2), 0, 1/sqrt(2) at init) and the complex shift beta.
+    ``layout``: "auto" takes either form, "complex" / "real_imag" only that one.
+    """
+
+
 class ComplexBatchNorm1d(_ComplexBatchNorm):
-    """Complex BN for (N, 2C) or (N, 2C, L) inputs."""
+    __doc__ = """Complex BN (paper 3.4) for (N, C) / (N, C, L) complex or (N, 2C) / (N, 2C, L) real [real | imag]
+    inputs; the output has the input's form and dtype.""" + _BN_ARGS
 
 
 class ComplexBatchNorm2d(_ComplexBatchNorm):
-    """Complex BN for (N, 2C, H, W) inputs."""
+    __doc__ = """Complex BN (paper 3.4) for (N, C, H, W) complex or (N, 2C, H, W) real [real | imag] inputs; the
+    output has the input's form and dtype.""" + _BN_ARGS

@@ -7,8 +7,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.complex import (CReLU, ComplexConv1d, ComplexConv2d, ComplexDropout, ComplexLinear, ComplexMaxPool1d,
-                            ComplexMaxPool2d, ModReLU, ZReLU, from_complex, to_complex)
+from models.complex import (
+    Cardioid,
+    ComplexConv1d,
+    ComplexConv2d,
+    ComplexConv3d,
+    ComplexConvTranspose1d,
+    ComplexConvTranspose2d,
+    ComplexConvTranspose3d,
+    ComplexDropout,
+    ComplexLinear,
+    ComplexMaxPool1d,
+    ComplexMaxPool2d,
+    CReLU,
+    ModReLU,
+    ModTanh,
+    SplitSigmoid,
+    SplitTanh,
+    ZReLU,
+    complex_activation,
+    from_complex,
+    to_complex,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -47,15 +67,21 @@ CONV_CASES = [
     (ComplexConv2d, F.conv2d, dict(kernel_size=3, groups=2, padding="same")),
     (ComplexConv1d, F.conv1d, dict(kernel_size=5, stride=2, padding=2)),
     (ComplexConv1d, F.conv1d, dict(kernel_size=3, dilation=3, groups=2)),
+    (ComplexConv3d, F.conv3d, dict(kernel_size=(2, 3, 1), stride=(1, 2, 1), padding=1)),
+    (ComplexConvTranspose1d, F.conv_transpose1d, dict(kernel_size=4, stride=2, padding=1)),
+    (ComplexConvTranspose1d, F.conv_transpose1d, dict(kernel_size=3, stride=3, dilation=2, groups=2, bias=False)),
+    (ComplexConvTranspose2d, F.conv_transpose2d, dict(kernel_size=3, stride=2, padding=1, output_padding=1)),
+    (ComplexConvTranspose2d, F.conv_transpose2d, dict(kernel_size=(3, 2), stride=(2, 1), groups=2)),
+    (ComplexConvTranspose3d, F.conv_transpose3d, dict(kernel_size=2, stride=2)),
 ]
+SPATIAL = {1: (23,), 2: (9, 7), 3: (4, 5, 3)}
 
 
 @pytest.mark.parametrize("layer_cls,native_conv,kwargs", CONV_CASES)
 def test_conv_matches_native_complex_forward_and_backward(layer_cls, native_conv, kwargs):
     cin, cout = 4, 6
     layer = layer_cls(cin, cout, **kwargs)
-    spatial = (9, 7) if layer_cls is ComplexConv2d else (23,)
-    x = torch.randn(3, 2 * cin, *spatial, requires_grad=True)
+    x = torch.randn(3, 2 * cin, *SPATIAL[layer._dims], requires_grad=True)
     y = layer(x)
     ref_args = {k: v for k, v in kwargs.items() if k not in ("kernel_size", "bias")}
     ref = native_conv(to_complex(x), layer.complex_weight(), layer.complex_bias(), **ref_args)
@@ -76,6 +102,34 @@ def test_conv_gradcheck():
     assert torch.autograd.gradcheck(layer, (x,))
     grouped = ComplexConv1d(2, 4, 3, groups=2)
     assert torch.autograd.gradcheck(grouped, (torch.randn(2, 4, 8, requires_grad=True),))
+
+
+def test_transposed_conv_is_the_adjoint_of_the_conv_and_takes_output_size():
+    """<convT(x; W), y> = <x, conv(y; conj W)> (complex inner products): the transposed convolution is the adjoint of
+    the convolution with the conjugate filters, as nn.ConvTranspose2d is of nn.Conv2d for real filters."""
+    up = ComplexConvTranspose2d(3, 5, 3, stride=2, padding=1, bias=False)
+    x = torch.randn(2, 3, 4, 6, dtype=torch.complex128)
+    y_shape = up(x).shape
+    y = torch.randn(y_shape, dtype=torch.complex128)
+    down = F.conv2d(y, up.complex_weight().conj(), stride=2, padding=1)
+    torch.testing.assert_close(torch.vdot(up(x).flatten(), y.flatten()), torch.vdot(x.flatten(), down.flatten()))
+    # output_size resolves the ambiguity of a strided transposed conv (a U-Net decoder matching its encoder)
+    assert up(x, output_size=(8, 12)).shape[-2:] == (8, 12) and y_shape[-2:] == (7, 11)
+    ref = F.conv_transpose2d(x, up.complex_weight(), stride=2, padding=1, output_padding=1)
+    torch.testing.assert_close(up(x, output_size=[2, 5, 8, 12]), ref)
+    with pytest.raises(ValueError, match="output_size"):
+        up(x, output_size=(9, 12))
+    with pytest.raises(ValueError, match="output_padding"):
+        ComplexConvTranspose1d(1, 1, 3, stride=2, output_padding=2)
+    with pytest.raises(TypeError, match="integer padding"):
+        ComplexConvTranspose2d(1, 1, 3, padding="same")
+
+
+def test_new_convs_gradcheck():
+    for layer, shape in [(ComplexConvTranspose2d(2, 2, 3, stride=2, padding=1, output_padding=1), (1, 4, 3, 3)),
+                         (ComplexConvTranspose1d(2, 4, 2, stride=2, groups=2), (2, 4, 3)),
+                         (ComplexConv3d(1, 2, 2), (1, 2, 3, 3, 2))]:
+        assert torch.autograd.gradcheck(layer, (torch.randn(shape, requires_grad=True),))
 
 
 def test_conv_channels_last_and_float32_match():
@@ -160,3 +214,49 @@ def test_complex_global_max_pool_keeps_largest_modulus_value():
     flat = z.flatten(2)
     ref = flat.gather(2, flat.abs().argmax(2, keepdim=True)).squeeze(2)
     torch.testing.assert_close(to_complex(complex_global_max_pool(from_complex(z))), ref)
+
+
+# The bounded / phase-based activations against their native complex128 definitions (eps tiny: the exact formulas).
+NEW_ACTIVATIONS = [
+    (SplitSigmoid(), lambda z: torch.complex(torch.sigmoid(z.real), torch.sigmoid(z.imag))),
+    (SplitTanh(), lambda z: torch.complex(torch.tanh(z.real), torch.tanh(z.imag))),
+    (Cardioid(eps=1e-30), lambda z: 0.5 * (1 + torch.cos(torch.angle(z))) * z),
+    (ModTanh(eps=1e-30), lambda z: torch.polar(torch.tanh(z.abs()), torch.angle(z))),
+]
+
+
+@pytest.mark.parametrize("act,ref", NEW_ACTIVATIONS, ids=lambda v: type(v).__name__)
+def test_new_activations_match_native_definition_and_gradcheck(act, ref):
+    z = torch.randn(4, 3, 5, dtype=torch.complex128)
+    torch.testing.assert_close(act(z), ref(z))
+    torch.testing.assert_close(to_complex(act(from_complex(z))), ref(z))
+    # gradients: the same real loss through our layer and through the native definition
+    zz = z.clone().requires_grad_()
+    g = torch.randn_like(z)
+    ours = torch.autograd.grad((act(zz) * g.conj()).real.sum(), zz)[0]
+    theirs = torch.autograd.grad((ref(zz) * g.conj()).real.sum(), zz)[0]
+    torch.testing.assert_close(ours, theirs)
+    assert torch.autograd.gradcheck(type(act)(), (torch.randn(2, 6, 3, requires_grad=True),))
+
+
+def test_modulus_activations_are_finite_at_zero_and_bounded():
+    for act in (Cardioid(), ModTanh(), ModReLU(2)):
+        x = torch.zeros(1, 4, requires_grad=True)
+        y = act(x)
+        y.sum().backward()
+        assert torch.equal(y, torch.zeros_like(y)) and torch.isfinite(x.grad).all()
+    big = torch.randn(100, 3, dtype=torch.complex128) * 100
+    assert ModTanh()(big).abs().max() <= 1
+    assert SplitSigmoid()(big).real.min() >= 0 and SplitTanh()(big).imag.abs().max() <= 1
+    # cardioid: identity on the positive real axis, zero on the negative one
+    line = torch.tensor([[-2.0, 3.0]], dtype=torch.complex128)
+    torch.testing.assert_close(Cardioid(eps=0.0)(line), torch.tensor([[0.0, 3.0]], dtype=torch.complex128))
+
+
+def test_complex_activation_builds_every_name():
+    from models.complex import ACTIVATIONS
+    z = torch.randn(2, 3, 4, dtype=torch.complex128)
+    for name in ACTIVATIONS:
+        assert complex_activation(name, 3)(z).shape == z.shape
+    with pytest.raises(ValueError, match="activation must be one of"):
+        complex_activation("sigmoid", 3)
