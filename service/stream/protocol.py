@@ -44,6 +44,7 @@ class StreamHeader:
     sample_format: str
     decoding: dict[str, float]
     send_frames: bool = True
+    monophonic: bool = False
 
     @property
     def bytes_per_frame(self) -> int:
@@ -64,7 +65,7 @@ def parse_header(text: str | bytes | None, model_heads: tuple[str, ...], default
     except ValueError as e:
         raise bad(str(e)) from None
     known = {"protocol", "type", "sample_rate", "channels", "format", "onset_threshold", "frame_threshold",
-             "min_note_length", "frames"}
+             "min_note_length", "frames", "monophonic"}
     unknown = sorted(set(h) - known)
     if unknown:
         raise bad(f"unknown field(s) {', '.join(unknown)}")
@@ -91,10 +92,14 @@ def parse_header(text: str | bytes | None, model_heads: tuple[str, ...], default
     if "onset" not in model_heads and decoding["frame_threshold"] > decoding["onset_threshold"]:
         raise bad(f"frame_threshold ({decoding['frame_threshold']:g}) must not exceed onset_threshold "
                   f"({decoding['onset_threshold']:g}) for this frame-only model")
-    frames = h.get("frames", True)
+    frames, mono = h.get("frames", True), h.get("monophonic", False)
     if not isinstance(frames, bool):
         raise bad(f"frames must be true or false, got {_short(frames)}")
-    return StreamHeader(sr, ch, fmt, decoding, frames)
+    if not isinstance(mono, bool):
+        raise bad(f"monophonic must be true or false, got {_short(mono)}")
+    if mono and "onset" not in model_heads:
+        raise bad("monophonic decoding needs a model with an onset head")
+    return StreamHeader(sr, ch, fmt, decoding, frames, mono)
 
 
 
@@ -155,7 +160,8 @@ Client -> server:
 1. One text message, the header (JSON), within the header timeout (3 s): `{"type": "start", "protocol": 1,
    "sample_rate": 48000, "channels": 1, "format": "int16"}` (8 to 384 kHz). `format`: `int16` or `float32`, little-endian, channels interleaved, full scale 1.0 for
    float32. Optional: `onset_threshold`, `frame_threshold`, `min_note_length` (as POST /transcribe; default the
-   model's calibrated values) and `frames` (false: note events only, no frame probabilities).
+   model's calibrated values), `monophonic` (true: at most one note at a time, as POST /transcribe?monophonic=true)
+   and `frames` (false: note events only, no frame probabilities).
 2. Binary messages of audio (a sample frame may be split across messages), sent as it is recorded: at most
    `max_message_seconds` of audio and `max_message_bytes` per message, at most `max_messages_per_s` messages per
    second (faster ones are read more slowly). Audio keeps the stream open; pings do not.

@@ -30,7 +30,7 @@ class StreamSession:
         self.input = AudioInput(self.header, self.sm.sample_rate)
         self.windows = Windower(self.sm)
         self.tracker = tr.NoteTracker(self.pitches, self.sm.hop, self.sm.sample_rate, self.header.decoding,
-                                   "onset" in self.heads)
+                                      "onset" in self.heads, monophonic=self.header.monophonic)
         self.frames_sent = 0
         self.arrivals: list[tuple[int, float]] = []  # (input frames received after a chunk, its arrival time)
         self.latencies: deque[float] = deque(maxlen=20_000)  # the recent ones: memory per stream stays bounded
@@ -125,7 +125,7 @@ class StreamSession:
             msg["latency_s"] = round(max(lat), 4) if lat else None
             messages.append(msg)
         self.frames_sent = first + len(probs_all)
-        messages += self.tracker.push(t.probabilities, t.onsets)
+        messages += self.tracker.push(t.probabilities, t.onsets, t.velocities)
         return messages, lat
 
     def finish(self) -> list[dict]:
