@@ -107,22 +107,24 @@ def manifest_lines(path: Path) -> int:
         return 0
 
 
-def kill_worker_mid_run(proc: subprocess.Popen, manifest: Path, timeout: float = 180.0) -> int:
+def kill_worker_mid_run(proc: subprocess.Popen, manifest: Path, timeout: float = 180.0) -> tuple[int, list[int]]:
     """Once the job has written its first manifest row (the workers are busy), freeze one worker (SIGSTOP: the
     batches it holds cannot finish, so the job cannot end without it), let the others write another row, then
-    SIGKILL it. Returns its PID; Ray must restart it and run its batches again."""
+    SIGKILL it. Returns its PID and the workers' PIDs at that time; Ray must restart it and run its batches
+    again (rows from a PID not in that list show the restarted worker's work)."""
     t0 = time.monotonic()
     while manifest_lines(manifest) == 0 or len(worker_pids()) < 2:
         if proc.poll() is not None or time.monotonic() - t0 > timeout:
             raise RuntimeError(f"the job ended (status {proc.returncode}) or stalled before a worker could be killed")
         time.sleep(0.02)
-    victim = worker_pids()[0]
+    before = worker_pids()
+    victim = before[0]
     os.kill(victim, signal.SIGSTOP)
     seen = manifest_lines(manifest)
     while manifest_lines(manifest) == seen and time.monotonic() - t0 < timeout and proc.poll() is None:
         time.sleep(0.05)
     os.kill(victim, signal.SIGKILL)
-    return victim
+    return victim, before
 
 
 def bulk_command(inputs: list[str], out: Path, address: str, workers: int, formats: str = "mid,csv,npz"
@@ -133,12 +135,13 @@ def bulk_command(inputs: list[str], out: Path, address: str, workers: int, forma
 
 
 def run_bulk(inputs: list[str], out: Path, address: str, workers: int, kill: bool = False,
-             formats: str = "mid,csv,npz", timeout: float = 600) -> tuple[dict, int | None]:
-    """One ``python -m bulk transcribe`` job (optionally killing a worker mid-run): (its summary, killed PID)."""
+             formats: str = "mid,csv,npz", timeout: float = 600) -> tuple[dict, tuple[int, list[int]] | None]:
+    """One ``python -m bulk transcribe`` job (optionally killing a worker mid-run): (its summary, what
+    ``kill_worker_mid_run`` returned)."""
     proc = subprocess.Popen(bulk_command(inputs, out, address, workers, formats), env=ray_env(), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        victim = kill_worker_mid_run(proc, out / "manifest.jsonl") if kill else None
+        killed = kill_worker_mid_run(proc, out / "manifest.jsonl") if kill else None
         stdout, stderr = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
@@ -147,7 +150,7 @@ def run_bulk(inputs: list[str], out: Path, address: str, workers: int, kill: boo
     lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     if not lines:
         raise RuntimeError(f"the bulk job printed no summary (status {proc.returncode}):\n{stderr[-3000:]}")
-    return json.loads(lines[-1]), victim
+    return json.loads(lines[-1]), killed
 
 
 def run_cli(inputs: list[str], out: Path, formats: list[str], threads: int = 1) -> tuple[list[str], float]:
@@ -204,13 +207,14 @@ def target(files: int = 100, corrupt: int = 3, seconds: float = 8.0) -> dict:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             failed_cli, _ = run_cli([str(tmp / "in")], tmp / "cli", ["mid", "csv", "npz"])
         with ray_cluster((1, 1)) as address:
-            first, victim = run_bulk([str(tmp / "in")], tmp / "out", address, 2, kill=True)
+            first, (victim, before) = run_bulk([str(tmp / "in")], tmp / "out", address, 2, kill=True)
             second, _ = run_bulk([str(tmp / "in")], tmp / "out", address, 2)
         diff = differing_outputs(tmp / "cli", tmp / "out")
         manifest = [json.loads(x) for x in (tmp / "out" / "manifest.jsonl").read_text().splitlines()]
         return {"first_run": first, "killed_worker_pid": victim, "cli_failed": len(failed_cli),
                 "outputs_compared": len(list((tmp / "cli").iterdir())), "outputs_differing": diff,
-                "worker_processes_in_first_run": len({r["worker"] for r in manifest[: first["files"]]}),
+                "rows_by_workers_started_after_the_kill": sum(int(r["worker"].rsplit(":", 1)[1]) not in before
+                                                              for r in manifest[: first["files"]]),
                 "rerun": second}
 
 

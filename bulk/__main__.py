@@ -88,6 +88,8 @@ def write_results(path: Path, rows: list[dict]) -> None:
 
 
 def classify(a: argparse.Namespace) -> int:
+    from models.checkpoint import load_checkpoint
+
     from .job import find_files, plan, run_job
     from .workers import Classifier
 
@@ -95,11 +97,17 @@ def classify(a: argparse.Namespace) -> int:
     if out.suffix not in (".parquet", ".csv"):
         print(f"error: --out {out}: use a .parquet or .csv file", file=sys.stderr)
         return 2
+    checkpoint = str(a.checkpoint or DEFAULT_CLASSIFIER)
+    _, meta = load_checkpoint(checkpoint)  # here too: a checkpoint without labels is an error before any job
+    if not meta.get("class_names"):
+        print(f"error: {checkpoint} has no class_names in its meta (not a classifier?)", file=sys.stderr)
+        return 2
     manifest = out.with_name(out.stem + ".manifest.jsonl")
     previous = read_manifest(manifest)
     files = find_files(a.inputs, IMAGE_EXTENSIONS)
     rows = plan(files, [[] for _ in files], manifest)
-    summary, results = run_job(rows, Classifier, {"checkpoint": str(a.checkpoint or DEFAULT_CLASSIFIER),
+    summary, results = run_job(rows, Classifier, {"checkpoint": checkpoint,
+                                                  "input_size": tuple(meta.get("input_size", (32, 32))),
                                                   "threads": a.cpus_per_worker, "top_k": a.top_k,
                                                   "device": "cuda" if a.num_gpus else "cpu"}, manifest, **_job(a))
     table = []

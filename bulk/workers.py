@@ -166,9 +166,10 @@ class Transcriber(_Worker):
 class Classifier(_Worker):
     """Image rows -> manifest rows with the top-k labels and probabilities (the service's decoder and classify)."""
 
-    def __init__(self, checkpoint: str, threads: int = 1, top_k: int = 5, device: str = "cpu",
-                 flip_tta: bool = True, max_pixels: int = 40_000_000) -> None:
+    def __init__(self, checkpoint: str, input_size: tuple[int, int], threads: int = 1, top_k: int = 5,
+                 device: str = "cpu", flip_tta: bool = True, max_pixels: int = 40_000_000) -> None:
         super().__init__(checkpoint, threads, device)
+        self.input_size = tuple(input_size)  # the checkpoint's, given: images decode before the model loads
         self.top_k, self.flip_tta, self.max_pixels = top_k, flip_tta, max_pixels
 
     def __call__(self, batch: dict) -> dict[str, np.ndarray]:
@@ -182,10 +183,9 @@ class Classifier(_Worker):
                     if self.unchanged(src, sha):
                         results.append(self.row(src, "skipped", sha256=sha, labels="[]", probabilities="[]"))
                         continue
-                    loads += self.load()
                     data = Path(local).read_bytes()
-                size = tuple(self.meta.get("input_size", (32, 32)))
-                pending.append((src, sha, decode_image(data, size, self.max_pixels)))
+                pending.append((src, sha, decode_image(data, self.input_size, self.max_pixels)))
+                loads += self.load()
             except (TranscribeError, DecodeError, OSError) as e:
                 results.append(self.row(src, "failed", getattr(e, "detail", None) or str(e), sha, labels="[]",
                                         probabilities="[]"))
