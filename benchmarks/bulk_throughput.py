@@ -26,7 +26,7 @@ import numpy as np
 from benchmarks.local_service import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-RAY = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
+RAY = [str(Path(sys.executable).parent / "ray")]  # the console script of the interpreter's environment
 
 
 def make_recordings(folder: Path, n: int, seconds: float, corrupt: int = 0, sr: int = 22050,
