@@ -38,7 +38,7 @@ class Manifest:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole job, closed by close()
 
     def append(self, row: dict) -> None:
         self._f.write(json.dumps(row, sort_keys=True) + "\n")

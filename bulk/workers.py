@@ -11,9 +11,9 @@ import json
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -153,8 +153,8 @@ class Transcriber(_Worker):
             notes = tr.decode_notes(t, **self.decoding)
             outs = json.loads(str(src["outputs"]))
             try:
-                write_atomically(outs, lambda tmps: write_outputs(tmps, t, notes, seconds, int(m.sample_rate),
-                                                                  self.decoding))
+                write_atomically(outs, lambda tmps, t=t, notes=notes, seconds=seconds: write_outputs(
+                    tmps, t, notes, seconds, int(m.sample_rate), self.decoding))
             except OSError as e:
                 out.append(self.row(src, "failed", f"cannot write outputs: {e}", sha, seconds, notes=0,
                                     windows=len(w)))
