@@ -189,11 +189,12 @@ def speed(files: int, seconds: float) -> dict:
             for workers in (1, 2):
                 summary, _ = run_bulk([str(tmp / "in")], tmp / f"ray{workers}", address, workers, formats="mid")
                 rows[f"ray, {workers} worker(s)"] = {
-                    "wall_s": summary["wall_seconds"], "cpus": workers,
+                    "wall_s": summary["wall_seconds"], "first_row_s": summary["first_row_seconds"], "cpus": workers,
                     "audio_h_per_cpu_h": round(audio_h / (summary["wall_seconds"] * workers / 3600), 1),
                     "audio_h_per_h": round(audio_h / (summary["wall_seconds"] / 3600), 1)}
         rows["cli (1 process, 1 thread)"]["audio_h_per_h"] = rows["cli (1 process, 1 thread)"]["audio_h_per_cpu_h"]
-        return {"files": files, "seconds_each": seconds, "audio_hours": round(audio_h, 4), "results": rows}
+        return {"files": files, "seconds_each": seconds, "audio_hours": round(audio_h, 4), "results": rows,
+                "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count()}
 
 
 def target(files: int = 100, corrupt: int = 3, seconds: float = 8.0) -> dict:

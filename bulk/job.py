@@ -93,6 +93,7 @@ def run_job(rows: list[dict], worker_cls: type, worker_kwargs: dict, manifest_pa
     work = {"windows": 0, "model_loads": 0}
     bar = tqdm(total=len(rows), unit="file", disable=not progress, file=sys.stderr, desc="bulk")
     t0 = time.time()
+    first = None  # seconds to the first row: worker start and model load, what a short job is dominated by
     try:
         if rows:
             ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // files_per_batch)))
@@ -102,6 +103,7 @@ def run_job(rows: list[dict], worker_cls: type, worker_kwargs: dict, manifest_pa
                                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
                                 num_cpus=cpus_per_worker, num_gpus=num_gpus or None)
             for row in ds.iter_rows():
+                first = time.time() - t0 if first is None else first
                 row = {k: _plain(v) for k, v in row.items()}
                 row["outputs"] = json.loads(row["outputs"])
                 manifest.append(row)
@@ -118,6 +120,7 @@ def run_job(rows: list[dict], worker_cls: type, worker_kwargs: dict, manifest_pa
     wall = time.time() - t0
     summary = {**counts, "files": len(rows), "audio_hours_done": round(seconds["done"] / 3600, 4),
                "audio_hours_skipped": round(seconds["skipped"] / 3600, 4), "wall_seconds": round(wall, 2),
+               "first_row_seconds": round(first or 0.0, 2),
                "startup_seconds": round(t0 - t_start, 2), "workers": workers, "cpus_per_worker": cpus_per_worker,
                "num_gpus_per_worker": num_gpus,
                "audio_hours_per_worker_hour": round(seconds["done"] / max(wall * workers, 1e-9), 2),

@@ -123,3 +123,14 @@ def test_classifier_rows(tmp_path):
     assert json.loads(row["labels"])[0] == meta["class_names"][int(probs.argmax())]
     p = json.loads(row["probabilities"])
     assert len(p) == 3 and p == sorted(p, reverse=True) and abs(p[0] - float(probs.max())) < 1e-5
+
+
+def test_a_url_input_gives_the_same_outputs_as_its_local_path(tmp_path):
+    pytest.importorskip("pyarrow")
+    f, = make_recordings(tmp_path / "in", 1, 3.0)
+    for name, given in (("local", str(f)), ("url", f.as_uri())):
+        outs = output_paths([Path(given)], tmp_path / name, ["mid", "npz"])
+        row, = as_rows(transcriber()(columns(plan([given], outs, tmp_path / name / "m.jsonl"))))
+        assert row["status"] == "done" and row["path"] == given
+    assert differing_outputs(tmp_path / "local", tmp_path / "url") == []
+    assert sorted(p.name for p in (tmp_path / "url").iterdir()) == ["rec000.mid", "rec000.npz"]
