@@ -119,7 +119,10 @@ def kill_worker_mid_run(proc: subprocess.Popen, manifest: Path, timeout: float =
         time.sleep(0.02)
     before = worker_pids()
     victim = before[0]
-    os.kill(victim, signal.SIGSTOP)
+    try:
+        os.kill(victim, signal.SIGSTOP)
+    except ProcessLookupError:
+        raise RuntimeError("the worker to kill exited first (the job ended?)") from None
     seen = manifest_lines(manifest)
     while manifest_lines(manifest) == seen and time.monotonic() - t0 < timeout and proc.poll() is None:
         time.sleep(0.05)
