@@ -1,5 +1,5 @@
 """Write constraints.txt: the exact versions, from the working .venv, of everything that
-``pip install -e '.[train,dev]'`` (plus the Makefile's Basic Pitch line) resolves to.
+``pip install -e '.[train,dev,batch]'`` (plus the Makefile's Basic Pitch line) resolves to.
 
     .venv/bin/python scripts/update-constraints.py        # after changing pyproject.toml and reinstalling
 
@@ -20,7 +20,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "deep-complex-networks"
-EXTRAS = ("train", "dev")
+EXTRAS = ("train", "dev", "batch")
 EXTRA_ROOTS = ("basic-pitch", "resampy")  # installed by the Makefile with --no-deps: pinned, not followed
 HEADER = """\
 # Exact versions for `pip install -c constraints.txt`: the Makefile (make serve / make test / CI) and the

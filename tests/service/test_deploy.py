@@ -49,11 +49,12 @@ def test_image_and_make_install_the_same_pins():
     dockerfile, makefile = (ROOT / "Dockerfile").read_text(), (ROOT / "Makefile").read_text()
     assert '"torch==2.13.0"' in dockerfile and '"torch==2.13.0+cpu"' in dockerfile
     assert dockerfile.count("-c constraints.txt") >= 3
-    assert "-c constraints.txt torch==2.13.0" in makefile and "-c constraints.txt -e '.[train,dev]'" in makefile
+    assert "-c constraints.txt torch==2.13.0" in makefile and "-c constraints.txt -e '.[train,dev,batch]'" in makefile
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = project["dependencies"] + [d for extra in ("train", "dev") for d in project["optional-dependencies"][extra]]
+    names = project["dependencies"] + [d for extra in ("train", "dev", "batch") for d in project["optional-dependencies"][extra]]
     unpinned = [d for d in names if re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~; ]", d)[0]).lower() not in pins]
     assert not unpinned, f"not in constraints.txt (run scripts/update-constraints.py): {unpinned}"
+    assert "ray" not in " ".join(project["dependencies"]) and "bulk" not in dockerfile  # Ray: the batch extra only
 
 
 def test_compose_file_is_valid():
