@@ -98,7 +98,10 @@ def add_routes(r: FastAPI, service: Service) -> None:
         service.precheck("transcriber")  # overloaded: refuse before spending CPU on decoding
         datas = [await f.read() for f in file]
         costs = [c for c in [await run_in_threadpool(runner.upload_cost, d) for d in datas] if c is not None]
-        if costs:  # long audio refused from the headers alone, before any decoding
+        declared_s = sum(c[0] for c in costs) * runner.model.frames_per_window * runner.model.hop_length \
+            / runner.sample_rate
+        if costs and declared_s <= settings.max_audio_seconds:  # long audio refused from the headers, before decoding
+            # (over the length limit: decoding answers 413 from the header, a client error, not a retry-later 503)
             service.precheck("transcriber", (sum(c[0] for c in costs), sum(c[1] for c in costs)))
         names = [f.filename or f"file{i}" for i, f in enumerate(file)]
 
