@@ -156,15 +156,21 @@ def run_bulk(inputs: list[str], out: Path, address: str, workers: int, kill: boo
     return json.loads(lines[-1]), killed
 
 
-def run_cli(inputs: list[str], out: Path, formats: list[str], threads: int = 1) -> tuple[list[str], float]:
-    """The single-process CLI in this process (model loaded once): (failed inputs, seconds for all files)."""
+def run_cli(inputs: list[str], out: Path, formats: list[str], threads: int = 1, options: tuple[str, ...] = ()
+            ) -> tuple[list[str], float]:
+    """The single-process CLI (``dcn-transcribe --out-dir OUT --format ...``, its own functions) in this process,
+    model loaded once, with more of its ``options`` (--monophonic, ...): (failed inputs, seconds for all files)."""
     import torch
 
-    from training.transcribe import transcribe_files
+    from models.cli import add_arguments, find_audio, output_paths, transcribe_files
+    cli = argparse.ArgumentParser()
+    add_arguments(cli)
+    args = cli.parse_args([*inputs, "--out-dir", str(out), "--threads", str(threads), *options])
+    files = find_audio(inputs)
     before = torch.get_num_threads()
     t0 = time.perf_counter()
     try:
-        failed = transcribe_files(inputs, out, formats, threads=threads)
+        failed = transcribe_files(args, list(zip(files, output_paths(files, out, formats))), [])
     finally:
         torch.set_num_threads(before)
     return failed, time.perf_counter() - t0
@@ -172,7 +178,7 @@ def run_cli(inputs: list[str], out: Path, formats: list[str], threads: int = 1) 
 
 def differing_outputs(reference: Path, candidate: Path) -> list[str]:
     """Names of the reference's output files that are missing in ``candidate`` or differ in a byte."""
-    names = [p.name for p in sorted(reference.iterdir()) if p.suffix in (".mid", ".csv", ".npz")]
+    names = [p.name for p in sorted(reference.iterdir()) if p.suffix in (".mid", ".csv", ".npz", ".json", ".wav")]
     return [n for n in names if not (candidate / n).is_file() or (candidate / n).read_bytes() != (reference / n)
             .read_bytes()]
 

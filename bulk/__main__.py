@@ -12,15 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from training.transcribe import (
-    AUDIO_EXTENSIONS,
-    DEFAULT_CHECKPOINT,
-    FORMATS,
-    _formats,
-    _probability,
-    output_paths,
-    resolve_decoding,
-)
+from models.cli import FORMATS, _bounded, _formats, _in_range, decoding_options, output_paths
+from models.inference import AUDIO_EXTENSIONS, DEFAULT_CHECKPOINT, load_transcriber, resolve_decoding
 
 from .manifest import read_manifest
 
@@ -48,15 +41,15 @@ def _job(a: argparse.Namespace) -> dict:
 
 
 def transcribe(a: argparse.Namespace) -> int:
-    from models.checkpoint import load_checkpoint
-
     from .job import find_files, plan, run_job
     from .workers import Transcriber
 
     checkpoint = str(a.checkpoint or DEFAULT_CHECKPOINT)
-    model, meta = load_checkpoint(checkpoint)  # here too: bad thresholds are a usage error before any job starts
     try:
-        decoding = resolve_decoding(model, meta, a.onset_threshold, a.frame_threshold, a.min_note_length)
+        if a.min_note_length is not None and a.minimum_note_length is not None:
+            raise ValueError("give --min-note-length (seconds) or --minimum-note-length (milliseconds), not both")
+        model, meta = load_transcriber(checkpoint)  # here too: bad options are a usage error before any job starts
+        decoding = resolve_decoding(model, meta, **decoding_options(a))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -66,7 +59,8 @@ def transcribe(a: argparse.Namespace) -> int:
     rows = plan(files, outputs, out / "manifest.jsonl")
     summary, _ = run_job(rows, Transcriber, {"checkpoint": checkpoint, "decoding": decoding,
                                              "threads": a.cpus_per_worker, "batch_size": a.batch_size,
-                                             "device": "cuda" if a.num_gpus else "cpu"},
+                                             "device": "cuda" if a.num_gpus else "cpu", "midi_tempo": a.midi_tempo,
+                                             "sonification_samplerate": a.sonification_samplerate},
                          out / "manifest.jsonl", **_job(a))
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary), flush=True)
@@ -125,16 +119,22 @@ def classify(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bulk", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("transcribe", help="audio files -> one MIDI / CSV / npz per file (the CLI's bytes)")
+    t = sub.add_parser("transcribe", help="audio files -> one MIDI / CSV / npz / ... per file and format (the bytes "
+                                                       "dcn-transcribe writes)")
     t.add_argument("inputs", nargs="+")
     t.add_argument("--out", required=True, help="output folder: <stem>.<ext> per format, manifest.jsonl, "
                                                 "summary.json")
     t.add_argument("--format", type=_formats, default=["mid"], help="comma-separated " + ", ".join(sorted(FORMATS)))
     t.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (from any files); "
                                                                 "default 4 on CPU, 16 on GPU")
-    t.add_argument("--onset-threshold", type=_probability, default=None)
-    t.add_argument("--frame-threshold", type=_probability, default=None)
-    t.add_argument("--min-note-length", type=float, default=None)
+    # dcn-transcribe's decoding and output options, parsed by its own functions (same names, bounds and meaning)
+    t.add_argument("--midi-tempo", type=_in_range(0, 1000, low_open=True), default=120.0)
+    t.add_argument("--sonification-samplerate", type=_in_range(8000, 192_000, int), default=22050)
+    for name in ("onset_threshold", "frame_threshold", "min_note_length", "minimum_frequency", "maximum_frequency"):
+        t.add_argument("--" + name.replace("_", "-"), type=_bounded(name), default=None)
+    t.add_argument("--minimum-note-length", type=_in_range(0, 10_000), default=None, help="milliseconds")
+    t.add_argument("--monophonic", action="store_true")
+    t.add_argument("--pitch-bends", action="store_true")
     _cluster_arguments(t)
     c = sub.add_parser("classify", help="images -> one Parquet/CSV of top-k labels")
     c.add_argument("inputs", nargs="+")

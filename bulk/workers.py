@@ -3,7 +3,8 @@ worker, lazily, so a run that only skips loads nothing). A batch is a few input 
 batch's files go through the model together, ``batch_size`` at a time, as the service batches requests.
 
 No Ray here: the classes take and return plain column dicts, so they are testable without it. Output bytes come
-from the transcription CLI's own functions (``training.transcribe``), so a file's outputs equal the CLI's.
+from the transcription API the CLI uses (``models.inference``: resolved decoding, ``TranscriptionResult.save``), so
+a file's outputs equal ``dcn-transcribe``'s.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 
 from models import transcription as tr
 from models.checkpoint import file_sha256, load_checkpoint
-from training.transcribe import TranscribeError, load_audio, write_outputs
+from models.inference import AudioError, load_audio, load_transcriber, transcription_result
 
 
 def is_url(path: str) -> bool:
@@ -33,7 +34,7 @@ def local_copy(path: str) -> Iterator[tuple[str, str]]:
     copied to a temporary file with the same suffix, so the CLI's reader sees the same bytes and the same type."""
     if not is_url(path):
         if not Path(path).is_file():
-            raise TranscribeError("no such file" if not Path(path).exists() else "not a file")
+            raise AudioError("no such file" if not Path(path).exists() else "not a file")
         yield path, file_sha256(path)
         return
     import pyarrow.fs  # the batch extra; only URLs need it
@@ -48,8 +49,8 @@ def local_copy(path: str) -> Iterator[tuple[str, str]]:
 
 def write_atomically(outs: list[str], write) -> None:
     """``write(temporary_paths)`` then rename each into place: a worker killed mid-write leaves no partial output
-    under the real name (the temporary name keeps the suffix, which selects the format)."""
-    tmps = [Path(o).with_name(f".{Path(o).stem}.part-{os.getpid()}{Path(o).suffix}") for o in outs]
+    under the real name (the temporary name keeps the whole ending, .notes.json too, which selects the format)."""
+    tmps = [Path(o).with_name(f".part-{os.getpid()}-{Path(o).name}") for o in outs]
     try:
         write(tmps)
         for t, o in zip(tmps, outs):
@@ -71,8 +72,8 @@ def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
 class _Worker:
     """Shared by both models: lazy model load, hash + skip check, the result row."""
 
-    def __init__(self, checkpoint: str, threads: int, device: str) -> None:
-        self.checkpoint, self.threads, self.device = checkpoint, threads, device
+    def __init__(self, checkpoint: str, threads: int, device: str, loader=load_checkpoint) -> None:
+        self.checkpoint, self.threads, self.device, self.loader = checkpoint, threads, device, loader
         self.model: torch.nn.Module | None = None
         self.meta: dict = {}
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -82,7 +83,7 @@ class _Worker:
         """Load the model if not yet loaded; 1 when this call loaded it (the summary counts model loads)."""
         if self.model is not None:
             return 0
-        self.model, self.meta = load_checkpoint(self.checkpoint, self.device)
+        self.model, self.meta = self.loader(self.checkpoint, self.device)
         return 1
 
     def row(self, src: dict, status: str, reason: str = "", sha256: str = "", seconds: float = 0.0,
@@ -99,12 +100,14 @@ class _Worker:
 
 
 class Transcriber(_Worker):
-    """Audio rows (path, outputs, prev_sha256, prev_seconds) -> manifest rows; writes the CLI's output files."""
+    """Audio rows (path, outputs, prev_sha256, prev_seconds) -> manifest rows; writes the CLI's output files.
+    ``decoding``: ``models.inference.resolve_decoding``'s dict (the CLI's); ``midi_tempo`` and
+    ``sonification_samplerate`` as the CLI's options of those names."""
 
     def __init__(self, checkpoint: str, decoding: dict, threads: int = 1, batch_size: int | None = None,
-                 device: str = "cpu") -> None:
-        super().__init__(checkpoint, threads, device)
-        self.decoding = decoding
+                 device: str = "cpu", midi_tempo: float = 120.0, sonification_samplerate: int = 22050) -> None:
+        super().__init__(checkpoint, threads, device, load_transcriber)  # as the CLI: meta names the model (.json)
+        self.decoding, self.midi_tempo, self.sonification_samplerate = decoding, midi_tempo, sonification_samplerate
         self.batch_size = batch_size or (16 if device.startswith("cuda") else 4)  # as models.transcription
 
     def __call__(self, batch: dict) -> dict[str, np.ndarray]:
@@ -120,7 +123,7 @@ class Transcriber(_Worker):
                 loads += self.load()
                 seconds = len(audio) / sr
                 mono = tr.prepare_audio(audio, sr, self.model.sample_rate)
-            except (TranscribeError, ValueError, OSError) as e:  # ValueError: empty, NaN or infinite samples
+            except (ValueError, OSError) as e:  # AudioError; ValueError: empty, NaN or infinite samples
                 results.append(self.row(src, "failed", str(e), sha, notes=0))
                 continue
             windows, n_frames = tr.cut_windows(self.model, mono)
@@ -144,22 +147,21 @@ class Transcriber(_Worker):
                                             tr.stitch_windows(probs[start: start + len(w)], n_frames).numpy(),
                                             tr.heads(m))
             start += len(w)
-            bad = {name: int((~np.isfinite(p)).sum()) for name, p in (("frame", t.probabilities),
-                                                                     ("onset", t.onsets)) if p is not None}
-            if any(bad.values()):
-                out.append(self.row(src, "failed", f"the model produced non-finite probabilities {bad}; "
-                                    "nothing written", sha, seconds, notes=0, windows=len(w)))
+            try:
+                result = transcription_result(m, self.meta, t, seconds, self.decoding, str(src["path"]),
+                                              self.midi_tempo)
+            except AudioError as e:  # non-finite model output
+                out.append(self.row(src, "failed", f"{e}; nothing written", sha, seconds, notes=0, windows=len(w)))
                 continue
-            notes = tr.decode_notes(t, **self.decoding)
             outs = json.loads(str(src["outputs"]))
             try:
-                write_atomically(outs, lambda tmps, t=t, notes=notes, seconds=seconds: write_outputs(
-                    tmps, t, notes, seconds, int(m.sample_rate), self.decoding))
+                write_atomically(outs, lambda tmps, result=result: [result.save(p, self.sonification_samplerate)
+                                                                    for p in tmps])
             except OSError as e:
                 out.append(self.row(src, "failed", f"cannot write outputs: {e}", sha, seconds, notes=0,
                                     windows=len(w)))
                 continue
-            out.append(self.row(src, "done", "", sha, seconds, notes=len(notes), windows=len(w)))
+            out.append(self.row(src, "done", "", sha, seconds, notes=len(result.notes), windows=len(w)))
         return out
 
 
@@ -186,7 +188,7 @@ class Classifier(_Worker):
                     data = Path(local).read_bytes()
                 pending.append((src, sha, decode_image(data, self.input_size, self.max_pixels)))
                 loads += self.load()
-            except (TranscribeError, DecodeError, OSError) as e:
+            except (AudioError, DecodeError, OSError) as e:
                 results.append(self.row(src, "failed", getattr(e, "detail", None) or str(e), sha, labels="[]",
                                         probabilities="[]"))
         if pending:

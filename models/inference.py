@@ -31,13 +31,13 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, resolve_device
 from .transcription import (
+    REONSET_KEY,
     Transcription,
     decode_notes,
     decoding_defaults,
     heads,
     notes_to_csv,
     notes_to_midi,
-    REONSET_KEY,
     round_list,
     transcribe,
     transcription_npz,
@@ -291,12 +291,7 @@ def transcribe_array(model: nn.Module, meta: dict, audio: np.ndarray, sample_rat
         tr = transcribe(model, audio, sample_rate)
     except ValueError as e:  # empty, NaN or infinite samples (prepare_audio)
         raise AudioError(str(e)) from None
-    for name, p in (("frame", tr.probabilities), ("onset", tr.onsets)):
-        if p is not None and not np.isfinite(p).all():
-            raise AudioError(f"the model produced {int((~np.isfinite(p)).sum())} non-finite {name} probabilities")
-    return TranscriptionResult(tr, decode(tr, decoding), dict(decoding), len(audio) / sample_rate,
-                               int(model.sample_rate), model.sample_rate / model.hop_length,
-                               str(meta.get("name") or "transcriber"), source, midi_tempo)
+    return transcription_result(model, meta, tr, len(audio) / sample_rate, decoding, source, midi_tempo)
 
 
 def transcribe_file(source: str | Path | np.ndarray, sample_rate: int | None = None, *,
@@ -321,3 +316,16 @@ def transcribe_file(source: str | Path | np.ndarray, sample_rate: int | None = N
         raise ValueError(f"midi_tempo={midi_tempo:g} is outside (0, 1000] beats per minute")
     model, meta = load_transcriber(checkpoint, device)
     return transcribe_array(model, meta, audio, sr, resolve_decoding(model, meta, **decoding), name, midi_tempo)
+
+
+def transcription_result(model: nn.Module, meta: dict, tr: Transcription, duration: float,
+                         decoding: dict[str, float], source: str | None = None, midi_tempo: float = 120.0
+                         ) -> TranscriptionResult:
+    """``transcribe_array``'s result for frame probabilities already computed (bulk/ batches the windows of many
+    files through the model together): decoded with ``decoding``; AudioError for non-finite model output."""
+    for name, p in (("frame", tr.probabilities), ("onset", tr.onsets)):
+        if p is not None and not np.isfinite(p).all():
+            raise AudioError(f"the model produced {int((~np.isfinite(p)).sum())} non-finite {name} probabilities")
+    return TranscriptionResult(tr, decode(tr, decoding), dict(decoding), duration, int(model.sample_rate),
+                               model.sample_rate / model.hop_length, str(meta.get("name") or "transcriber"), source,
+                               midi_tempo)

@@ -41,7 +41,7 @@ class Transcription:
 
     @classmethod
     def from_heads(cls, times: np.ndarray, pitches: np.ndarray, probs: np.ndarray,
-                   heads: tuple[str, ...] = ("frame",)) -> "Transcription":
+                   heads: tuple[str, ...] = ("frame",)) -> Transcription:
         """``probs`` (frames, pitches, len(heads)) or (frames, pitches) -> one array per head."""
         probs = np.asarray(probs, dtype=np.float32)
         if probs.ndim == 2:

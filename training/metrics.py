@@ -125,7 +125,7 @@ def note_errors(ref_i: np.ndarray, ref_p: np.ndarray, notes: list[dict]) -> dict
     import numpy as np
     est_i = np.array([[n["onset"], max(n["offset"], n["onset"] + 1e-3)] for n in notes]).reshape(-1, 2)
     est_p = np.array([n["pitch"] for n in notes], dtype=np.float64)
-    hz = lambda m: 440.0 * 2 ** ((np.asarray(m, dtype=np.float64) - 69) / 12)  # noqa: E731
+    hz = lambda m: 440.0 * 2 ** ((np.asarray(m, dtype=np.float64) - 69) / 12)
     matched = mir_eval.transcription.match_notes(ref_i, hz(ref_p), est_i, hz(est_p), offset_ratio=None) \
         if len(ref_p) and len(est_p) else []
     offset_err = [float(est_i[e, 1] - ref_i[r, 1]) for r, e in matched]

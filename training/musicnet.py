@@ -33,8 +33,21 @@ from models.cli import add_arguments as add_transcribe_arguments
 from models.cli import run as run_transcribe
 from models.inference import load_audio, transcribe_file  # noqa: F401 - moved there, importable here
 from models.transcription import REONSET_KEY, decode_notes, decoding_defaults, heads, transcribe, window_samples
-from training.loop import (JsonlLogger, all_reduce_sum, autocast, git_commit, hardware_string, load_training_state,
-                           progress, save_training_state, seed_everything, setup_runtime, teardown, unwrap, wrap_ddp)
+from training.loop import (
+    JsonlLogger,
+    all_reduce_sum,
+    autocast,
+    git_commit,
+    hardware_string,
+    load_training_state,
+    progress,
+    save_training_state,
+    seed_everything,
+    setup_runtime,
+    teardown,
+    unwrap,
+    wrap_ddp,
+)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex_v2.pt"
 DEFAULT_DATA = "/work/data/musicnet-rendered"
@@ -233,7 +246,7 @@ def score(predictions, threshold: float = 0.5, notes: bool = True, decoding: dic
     times = np.concatenate([tr.times + t0 for t0, (tr, *_) in zip(starts, predictions)])
     pitches = predictions[0][0].pitches
     m = {"ap": average_precision(targets, probs), **frame_metrics(targets, probs, times, pitches, threshold),
-         "frames": int(len(probs)), "recordings": len(predictions),
+         "frames": len(probs), "recordings": len(predictions),
          "audio_hours": round(float(sum(len(tr.times) for tr, *_ in predictions) / predictions[0][0].frame_rate / 3600), 3)}
     if notes:
         per = [note_metrics(iv, p, decode_notes(tr, defaults=decoding))

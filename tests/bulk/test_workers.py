@@ -14,7 +14,8 @@ from benchmarks.bulk_throughput import differing_outputs, make_recordings, run_c
 from bulk.job import find_files, plan
 from bulk.manifest import Manifest, read_manifest
 from bulk.workers import Classifier, Transcriber
-from training.transcribe import AUDIO_EXTENSIONS, DEFAULT_CHECKPOINT, output_paths, resolve_decoding
+from models.cli import output_paths
+from models.inference import AUDIO_EXTENSIONS, DEFAULT_CHECKPOINT, load_transcriber, resolve_decoding
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSIFIER = ROOT / "models" / "checkpoints" / "cifar10_complex.pt"
@@ -30,10 +31,9 @@ def as_rows(batch: dict) -> list[dict]:
     return [{k: x.item() if hasattr(x, "item") else x for k, x in zip(batch, v)} for v in zip(*batch.values())]
 
 
-def transcriber(**kw) -> Transcriber:
-    from models.checkpoint import load_checkpoint
-    model, meta = load_checkpoint(DEFAULT_CHECKPOINT)
-    return Transcriber(str(DEFAULT_CHECKPOINT), resolve_decoding(model, meta), threads=1, **kw)
+def transcriber(decoding: dict | None = None, **kw) -> Transcriber:
+    model, meta = load_transcriber(DEFAULT_CHECKPOINT)
+    return Transcriber(str(DEFAULT_CHECKPOINT), resolve_decoding(model, meta, **(decoding or {})), threads=1, **kw)
 
 
 def test_transcriber_writes_the_clis_bytes_and_an_error_row(tmp_path):
@@ -134,3 +134,36 @@ def test_a_url_input_gives_the_same_outputs_as_its_local_path(tmp_path):
         assert row["status"] == "done" and row["path"] == given
     assert differing_outputs(tmp_path / "local", tmp_path / "url") == []
     assert sorted(p.name for p in (tmp_path / "url").iterdir()) == ["rec000.mid", "rec000.npz"]
+
+
+def test_decoding_options_and_every_format_give_the_clis_bytes(tmp_path):
+    """--monophonic, a frequency filter, --midi-tempo and the .json / .notes.json / .sonified.wav formats."""
+    f, = make_recordings(tmp_path / "in", 1, 3.0)
+    formats = ["mid", "json", "notes", "wav"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        failed, _ = run_cli([str(f)], tmp_path / "cli", formats,
+                            options=("--monophonic", "--minimum-frequency", "100", "--midi-tempo", "90"))
+    assert failed == []
+    outs = output_paths([f], tmp_path / "out", formats)
+    worker = transcriber({"monophonic": True, "minimum_frequency": 100.0}, midi_tempo=90.0)
+    row, = as_rows(worker(columns(plan([str(f)], outs, tmp_path / "out" / "m.jsonl"))))
+    assert row["status"] == "done" and row["notes"] > 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != "m.jsonl") == sorted(
+        p.name for p in (tmp_path / "cli").iterdir()) == ["rec000.json", "rec000.mid", "rec000.notes.json",
+                                                          "rec000.sonified.wav"]
+    assert differing_outputs(tmp_path / "cli", tmp_path / "out") == []
+    notes = json.loads((tmp_path / "out" / "rec000.notes.json").read_text())
+    assert "probabilities" not in notes and notes["decoding"]["monophonic"] is True
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--min-note-length", "0.1", "--minimum-note-length", "100"], "not both"),
+    (["--pitch-bends"], "pitch_bends needs"),  # the bundled v2 model has no fine-pitch head
+    (["--minimum-frequency", "900", "--maximum-frequency", "100"], "exceeds"),
+])
+def test_conflicting_options_are_a_usage_error_before_any_job(tmp_path, capsys, options, message):
+    from bulk.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(["transcribe", str(tmp_path), "--out", str(tmp_path / "out"), *options])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

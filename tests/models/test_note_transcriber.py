@@ -174,11 +174,11 @@ def test_pitch_bends_reach_the_midi_file_on_separate_channels():
     notes = attach_pitch_bends([{"onset": 0.2, "offset": 1.2, "pitch": 60, "confidence": 0.9},
                                 {"onset": 0.4, "offset": 0.8, "pitch": 64, "confidence": 0.9}], t)
     assert len(notes[0]["pitch_bends"]) == 50 and max(notes[0]["pitch_bends"]) == 30
-    mid = mido.MidiFile(file=io.BytesIO(notes_to_midi(notes, pitch_bends=True)))
+    mid = mido.MidiFile(file=io.BytesIO(notes_to_midi(notes)))  # notes that carry bends are written with them
     msgs = list(mid.tracks[0])
     ons = {m.note: m.channel for m in msgs if m.type == "note_on"}
     assert ons[60] != ons[64] and 9 not in ons.values()  # overlapping notes bend on channels of their own
     wheel = [m.pitch for m in msgs if m.type == "pitchwheel" and m.channel == ons[60]]
     assert max(wheel) == round(30 / 200 * 8192) and wheel[-1] == 0
-    plain = mido.MidiFile(file=io.BytesIO(notes_to_midi(notes)))
+    plain = mido.MidiFile(file=io.BytesIO(notes_to_midi(notes, pitch_bends=False)))
     assert not any(m.type == "pitchwheel" for m in plain.tracks[0])

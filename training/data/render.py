@@ -440,6 +440,7 @@ def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str,
     import copy
 
     import soundfile as sf
+
     from training.data.augment_audio import add_reverb
     from training.data.sampler import render_notes
     stems, sources = [], []
@@ -501,9 +502,8 @@ def write_labels(path: Path, rows: list[tuple]) -> None:
     rows = sorted(rows, key=lambda r: (r[0], r[3]))
     with open(path, "w") as f:
         f.write(CSV_HEADER + "\n")
-        for start, end, inst, pitch, sb, eb, _stem, vel in rows:
-            f.write(f"{int(round(start * MUSICNET_RATE))},{int(round(end * MUSICNET_RATE))},{inst},{pitch},"
-                    f"{sb:.4g},{eb - sb:.4g},{note_value(eb - sb)},{vel}\n")
+        f.writelines(f"{int(round(start * MUSICNET_RATE))},{int(round(end * MUSICNET_RATE))},{inst},{pitch},"
+                    f"{sb:.4g},{eb - sb:.4g},{note_value(eb - sb)},{vel}\n" for start, end, inst, pitch, sb, eb, _stem, vel in rows)
 
 
 # ----------------------------------------------------------------------------------------------- worker
@@ -511,6 +511,7 @@ def write_labels(path: Path, rows: list[tuple]) -> None:
 def render_piece(task: tuple) -> list[dict]:
     """Render all variants of one piece; returns metadata records (empty if excluded or unusable)."""
     import soundfile as sf
+
     from training.data.augment_audio import add_noise, normalise_peak, random_eq
     index, path, cfg_dict, reserved = task
     cfg = RenderConfig(**cfg_dict)
