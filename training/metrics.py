@@ -4,6 +4,7 @@ One section per task; each section's functions take tensors (or arrays) and retu
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 # ================================================================================================================
