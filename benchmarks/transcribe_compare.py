@@ -67,10 +67,10 @@ import numpy as np
 import torch
 
 from models.checkpoint import load_checkpoint
+from models.inference import DEFAULT_CHECKPOINT
 from models.transcription import decode_notes, decoding_defaults, transcribe
 from training.data.musicnet import MUSICNET_RATE, Labels
 
-DEFAULT_CHECKPOINT = "models/checkpoints/musicnet_complex_v2.pt"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PITCH_LO, PITCH_HI = 21, 108
 SYSTEMS = ("project", "basic_pitch")
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="MusicNet-layout folder or folder of AUDIO + same-stem .csv notes")
     ap.add_argument("--split", default="test")
-    ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    ap.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     ap.add_argument("--threads", type=int, default=2, help="threads for both systems")
     ap.add_argument("--max-files", type=int, default=None)
     ap.add_argument("--max-seconds", type=float, default=None, help="crop each file to its first S seconds")

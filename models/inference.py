@@ -43,7 +43,7 @@ from .transcription import (
     transcription_npz,
 )
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "musicnet_complex_v2.pt"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "musicnet_complex_v3.pt"  # the served transcriber
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 THRESHOLDS = ("onset_threshold", "frame_threshold", "min_note_length")  # decode_notes' arguments
 FREQUENCY_FILTERS = ("minimum_frequency", "maximum_frequency")
@@ -299,7 +299,7 @@ def transcribe_file(source: str | Path | np.ndarray, sample_rate: int | None = N
                     **decoding: float | None) -> TranscriptionResult:
     """Transcribe a file (any format soundfile or librosa reads) or an array ((samples,) or (samples, channels),
     any rate: pass ``sample_rate``). ``checkpoint``: a transcriber checkpoint (default: the bundled
-    musicnet_complex_v2); ``device``: cpu (default), cuda or auto. ``decoding``: onset_threshold,
+    musicnet_complex_v3); ``device``: cpu (default), cuda or auto. ``decoding``: onset_threshold,
     frame_threshold, min_note_length (s), minimum_frequency, maximum_frequency (Hz); left out: the model's
     calibrated values, as the CLI and the service use; ``monophonic=True`` (one note at a time: voice, solo
     lines) and ``pitch_bends=True`` (fine pitch per note, written into MIDI) switch decoding modes. The model is loaded once per checkpoint and device."""

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from models.checkpoint import build_model, count_parameters, load_checkpoint, read_checkpoint, save_checkpoint
 from models.cli import add_arguments as add_transcribe_arguments
 from models.cli import run as run_transcribe
-from models.inference import load_audio, transcribe_file  # noqa: F401 - moved there, importable here
+from models.inference import DEFAULT_CHECKPOINT, load_audio, transcribe_file  # noqa: F401 - moved there, importable here
 from models.transcription import REONSET_KEY, decode_notes, decoding_defaults, heads, transcribe, window_samples
 from training.loop import (
     JsonlLogger,
@@ -49,7 +49,6 @@ from training.loop import (
     wrap_ddp,
 )
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "musicnet_complex_v2.pt"
 DEFAULT_DATA = "/work/data/musicnet-rendered"
 
 # The authors' split (musicnet/musicnet/dataset.py, MusicNet.splits): three test recordings from test_data/ and

@@ -13,10 +13,11 @@ from models.transcription import decode_notes, decoding_defaults, transcribe
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "models" / "checkpoints"
 CKPT = CHECKPOINTS / "musicnet_complex.pt"        # first generation: frame model
-CKPT_V2 = CHECKPOINTS / "musicnet_complex_v2.pt"  # second generation (served by default): onsets + frames
+CKPT_V2 = CHECKPOINTS / "musicnet_complex_v2.pt"  # second generation: onsets + frames
+CKPT_V3 = CHECKPOINTS / "musicnet_complex_v3.pt"  # third generation (served by default): + velocity, fine pitch
 
 
-@pytest.mark.parametrize("ckpt", [CKPT, CKPT_V2], ids=["v1", "v2"])
+@pytest.mark.parametrize("ckpt", [CKPT, CKPT_V2, CKPT_V3], ids=["v1", "v2", "v3"])
 def test_checkpoint_is_small_safe_and_complete(ckpt):
     assert ckpt.stat().st_size < 25 * 2**20
     blob = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -31,21 +32,31 @@ def test_checkpoint_is_small_safe_and_complete(ckpt):
 
 
 @pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
-@pytest.mark.parametrize("ckpt", [CKPT, CKPT_V2], ids=["v1", "v2"])
-@pytest.mark.parametrize("program,chord", [(0, (60, 64, 67)), (40, (55, 62, 71))])
-def test_detects_a_rendered_chord(tmp_path, program, chord, ckpt):
+def _render(tmp_path, program: int, notes: list[tuple[float, float, int, int]], bend_cents: float = 0.0):
+    """FluidSynth render of (start, end, pitch, velocity) notes: stereo 44.1 kHz float32 and its rate."""
     import pretty_midi
     import soundfile as sf
 
     from training.data.render import SOUNDFONT_CANDIDATES, draw_effects, fluidsynth_render
     pm = pretty_midi.PrettyMIDI()
     inst = pretty_midi.Instrument(program=program)
-    inst.notes += [pretty_midi.Note(velocity=90, pitch=p, start=0.25, end=2.25) for p in chord]
+    inst.notes += [pretty_midi.Note(velocity=v, pitch=p, start=a, end=b) for a, b, p, v in notes]
+    if bend_cents:
+        inst.pitch_bends.append(pretty_midi.PitchBend(int(round(bend_cents / 200 * 8192)), 0.0))
     pm.instruments.append(inst)
     pm.write(str(tmp_path / "c.mid"))
     sf2 = next(p for p in SOUNDFONT_CANDIDATES if Path(p).exists())
-    fluidsynth_render(str(tmp_path / "c.mid"), str(tmp_path / "c.wav"), sf2, draw_effects(np.random.default_rng(0)))
-    audio, sr = sf.read(str(tmp_path / "c.wav"), dtype="float32")  # stereo 44.1 kHz
+    fx = {**draw_effects(np.random.default_rng(0)), "reverb": None, "chorus": False}
+    fluidsynth_render(str(tmp_path / "c.mid"), str(tmp_path / "c.wav"), sf2, fx)
+    audio, sr = sf.read(str(tmp_path / "c.wav"), dtype="float32")
+    return audio, sr
+
+
+@pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
+@pytest.mark.parametrize("ckpt", [CKPT, CKPT_V2, CKPT_V3], ids=["v1", "v2", "v3"])
+@pytest.mark.parametrize("program,chord", [(0, (60, 64, 67)), (40, (55, 62, 71))])
+def test_detects_a_rendered_chord(tmp_path, program, chord, ckpt):
+    audio, sr = _render(tmp_path, program, [(0.25, 2.25, p, 90) for p in chord])
     model, _ = load_checkpoint(ckpt)
     tr = transcribe(model, audio, sr)
     mid = (tr.times > 0.5) & (tr.times < 2.0)
@@ -59,3 +70,25 @@ def test_detects_a_rendered_chord(tmp_path, program, chord, ckpt):
     notes = decode_notes(tr, defaults=decoding_defaults(model))
     assert set(chord) <= {n["pitch"] for n in notes}
     assert len({n["pitch"] for n in notes if n["onset"] < 0.5}) <= len(chord) + 1
+
+
+@pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
+def test_v3_hears_how_hard_notes_are_played_and_their_fine_pitch(tmp_path):
+    """Velocity is learned (the renders know it): a loud note gets a higher velocity than the same note played
+    softly; the fine-pitch output reads a whole render detuned by +30 cents as about +30 cents."""
+    from models.transcription import decode_notes, decoding_defaults
+    model, _ = load_checkpoint(CKPT_V3)
+    assert model.heads == ("frame", "onset", "velocity", "bend")
+    audio, sr = _render(tmp_path, 0, [(0.25, 1.0, 60, 40), (1.5, 2.25, 60, 115), (2.75, 3.5, 67, 40),
+                                      (4.0, 4.75, 67, 115)])
+    tr = transcribe(model, audio, sr)
+    notes = decode_notes(tr, defaults=decoding_defaults(model))
+    by = {(n["pitch"], round(n["onset"])): n["velocity"] for n in notes}
+    soft, loud = [by.get((60, 0)), by.get((67, 3))], [by.get((60, 2)), by.get((67, 4))]
+    assert None not in soft + loud, notes
+    assert min(loud) > max(soft) + 10, (soft, loud)
+    audio, sr = _render(tmp_path, 73, [(0.25, 2.25, 72, 90)], bend_cents=30)  # a flute, sharp
+    tr = transcribe(model, audio, sr)
+    notes = decode_notes(tr, defaults=decoding_defaults(model), pitch_bends=True)
+    main = max((n for n in notes if n["pitch"] == 72), key=lambda n: n["offset"] - n["onset"])
+    assert abs(np.median(main["pitch_bends"]) - 30) < 12, main["pitch_bends"]
