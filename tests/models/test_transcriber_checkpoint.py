@@ -73,20 +73,13 @@ def test_detects_a_rendered_chord(tmp_path, program, chord, ckpt):
 
 
 @pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
-def test_v3_hears_how_hard_notes_are_played_and_their_fine_pitch(tmp_path):
-    """Velocity is learned (the renders know it): a loud note gets a higher velocity than the same note played
-    softly; the fine-pitch output reads a whole render detuned by +30 cents as about +30 cents."""
+def test_v3_reads_the_fine_pitch_of_a_detuned_render(tmp_path):
+    """The fine-pitch output reads a render detuned by +30 cents as about +30 cents (the MIDI pitch bends), and
+    the shipped v3 carries no velocity head: it was trained but did not learn velocity (model card)."""
     from models.transcription import decode_notes, decoding_defaults
-    model, _ = load_checkpoint(CKPT_V3)
-    assert model.heads == ("frame", "onset", "velocity", "bend")
-    audio, sr = _render(tmp_path, 0, [(0.25, 1.0, 60, 40), (1.5, 2.25, 60, 115), (2.75, 3.5, 67, 40),
-                                      (4.0, 4.75, 67, 115)])
-    tr = transcribe(model, audio, sr)
-    notes = decode_notes(tr, defaults=decoding_defaults(model))
-    by = {(n["pitch"], round(n["onset"])): n["velocity"] for n in notes}
-    soft, loud = [by.get((60, 0)), by.get((67, 3))], [by.get((60, 2)), by.get((67, 4))]
-    assert None not in soft + loud, notes
-    assert min(loud) > max(soft) + 10, (soft, loud)
+    model, meta = load_checkpoint(CKPT_V3)
+    assert model.heads == ("frame", "onset", "bend")
+    assert meta["velocity_check"]["kept"] is False
     audio, sr = _render(tmp_path, 73, [(0.25, 2.25, 72, 90)], bend_cents=30)  # a flute, sharp
     tr = transcribe(model, audio, sr)
     notes = decode_notes(tr, defaults=decoding_defaults(model), pitch_bends=True)

@@ -139,3 +139,35 @@ def test_shipped_transcriber_huge_float_samples(shipped):
     assert body["notes"] and len(body["notes"]) == len(ref["notes"])
     z = np.load(io.BytesIO(shipped.post("/transcribe?format=npz", files={"file": ("m.wav", data)}).content))
     assert np.isfinite(z["probabilities"]).all()
+
+
+def test_shipped_transcriber_monophonic_and_pitch_bends(shipped):
+    """POST /transcribe?monophonic=true never has two notes at once, and its live stream (header monophonic)
+    gives the same notes (confidence to 2e-4); ?pitch_bends=true adds per-frame cents to each note and pitch-wheel events to the MIDI."""
+    import mido
+    sr = 22050
+    data = audio_bytes(music(6.0), sr=sr)
+    r = shipped.post("/transcribe?monophonic=true&frames=false", files={"file": ("m.wav", data)})
+    assert r.status_code == 200, r.text
+    notes = r.json()["notes"]
+    assert notes and r.json()["decoding"]["monophonic"] is True
+    assert all(a["offset"] <= b["onset"] + 0.011 for a, b in zip(notes, notes[1:]))
+    pcm = (np.clip(music(6.0), -1, 1 - 2 ** -15) * 32768).astype("<i2").tobytes()
+    with shipped.websocket_connect("/transcribe/stream") as ws:
+        ws.send_text(json.dumps({"type": "start", "sample_rate": sr, "format": "int16", "monophonic": True,
+                                 "frames": False}))
+        assert ws.receive_json()["type"] == "ready"
+        for i in range(0, len(pcm), 8820):
+            ws.send_bytes(pcm[i:i + 8820])
+        ws.send_text(json.dumps({"type": "end"}))
+        while (m := ws.receive_json())["type"] != "summary":
+            pass
+    # the stream's short windows give the frames within 1e-4 of the offline ones, so a note's mean confidence
+    # can differ in its 4th decimal; the notes themselves (times, pitches) are the same
+    assert [(n["onset"], n["offset"], n["pitch"]) for n in m["notes"]] == [(n["onset"], n["offset"], n["pitch"])
+                                                                         for n in notes]
+    assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(m["notes"], notes)) <= 2e-4
+    r = shipped.post("/transcribe?pitch_bends=true&frames=false", files={"file": ("m.wav", data)})
+    assert all(len(n["pitch_bends"]) >= 1 for n in r.json()["notes"])
+    mid = shipped.post("/transcribe?pitch_bends=true&format=midi", files={"file": ("m.wav", data)})
+    assert any(msg.type == "pitchwheel" for msg in mido.MidiFile(file=io.BytesIO(mid.content)).tracks[0])
