@@ -165,11 +165,9 @@ def test_invalid_utf8_is_1007_and_logged_once(checkpoints, caplog):
         with connect(_ws_url(url)) as ws:
             ws.send(json.dumps({"sample_rate": 8000}))
             json.loads(ws.recv(timeout=5))
-            for _ in range(50):
-                try:
-                    ws.send(b"\xff\xfe", text=True)
-                except ConnectionClosed:
-                    break
+            # One invalid frame: the server answers it with 1007 and closes. (A client that keeps sending after
+            # that races the close: the server's socket is gone and the client may see a reset, not the frame.)
+            ws.send(b"\xff\xfe", text=True)
             _, code, _ = _until_closed(ws)
         assert code == 1007
     lines = [r for r in caplog.records if "UTF-8" in r.getMessage()]
