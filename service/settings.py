@@ -77,18 +77,39 @@ class Settings(BaseSettings):
     stream_upload_batch_size: int = Field(1, ge=1, description="upload windows per forward pass while live streams "
                                                                "are open (stream windows go first, on their own): "
                                                                "bounds how long a stream waits behind uploads")
+    stream_header_timeout_s: float = Field(3.0, gt=0, description="a live stream must send its header within this "
+                                                                  "(1008); it takes a stream slot only then")
+    stream_max_message_seconds: float = Field(2.0, gt=0, description="audio in one WebSocket message (1009 beyond)")
+    stream_max_messages_per_s: float = Field(200.0, gt=0, description="messages a stream may send per second "
+                                                                      "(bursts of as many); faster ones are read "
+                                                                      "more slowly (back-pressure)")
+    stream_max_speed: float = Field(10.0, ge=1, description="a client ahead of real time (beyond the margin) is "
+                                                            "read as fast as its audio is transcribed, at most this "
+                                                            "many times real time; 1: strictly real time")
 
     # Connections (python -m service; uvicorn with the h11 parser)
     max_header_bytes: int = Field(16_384, ge=1024, description="request line + headers; over it: 431, closed")
     max_header_count: int = Field(100, ge=8, description="headers per request; over it: 431")
     header_timeout_s: float = Field(10.0, gt=0, description="a connection must send a complete request head "
                                                             "within this (slow or silent clients are closed)")
+    header_timeout_pressure_s: float = Field(1.0, gt=0, description="header timeout for new and idle connections "
+                                                                     "while more than half of max_connections are "
+                                                                     "open")
     body_timeout_s: float = Field(15.0, gt=0, description="longest pause between body chunks (408)")
     upload_timeout_s: float = Field(120.0, gt=0, description="whole upload (408); the deadline starts after it")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
     max_connections: int = Field(512, ge=1, description="open connections and requests; beyond: 503 at once")
     shutdown_grace_s: float = Field(20.0, ge=0, description="on SIGTERM: /readyz 503 and new requests 503 at once; "
                                                             "requests in flight get this long to finish, then 503")
+
+    # Origins: which web pages may use the service (DNS rebinding, cross-site uploads and streams)
+    allowed_origins: list[str] = Field(default_factory=list, description="origins (scheme://host[:port]) besides "
+                                       "the service's own whose pages may open the live stream or POST uploads; "
+                                       "'*' allows any. Requests without an Origin header (scripts) are not "
+                                       "affected")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host header values accepted (names, no "
+                                     "port; '*' any). Empty: any, except that a server bound to a loopback "
+                                     "address accepts only localhost names (DNS rebinding)")
 
     # Server (python -m service)
     host: str = Field("127.0.0.1", description="bind address (--host overrides)")
@@ -97,27 +118,6 @@ class Settings(BaseSettings):
         "info", description="debug, info, warning, error, critical")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line (with the "
                                                                     "request id), for log collectors")
-
-    # Hardening, round two (issue 21): connections, live streams, origins
-    header_timeout_pressure_s: float = Field(1.0, gt=0, description="header timeout for new and idle connections "
-                                                                     "while more than half of max_connections are "
-                                                                     "open")
-    stream_header_timeout_s: float = Field(3.0, gt=0, description="a live stream must send its header within this "
-                                                                  "(1008); it takes a stream slot only then")
-    stream_max_message_seconds: float = Field(2.0, gt=0, description="audio in one WebSocket message (1009 beyond)")
-    stream_max_messages_per_s: float = Field(200.0, gt=0, description="messages a stream may send per second "
-                                                                      "(bursts of as many); faster ones are read "
-                                                                      "more slowly (back-pressure)")
-    allowed_origins: list[str] = Field(default_factory=list, description="origins (scheme://host[:port]) besides "
-                                       "the service's own whose pages may open the live stream or POST uploads; "
-                                       "'*' allows any. Requests without an Origin header (scripts) are not "
-                                       "affected")
-    allowed_hosts: list[str] = Field(default_factory=list, description="Host header values accepted (names, no "
-                                     "port; '*' any). Empty: any, except that a server bound to a loopback "
-                                     "address accepts only localhost names (DNS rebinding)")
-    stream_max_speed: float = Field(10.0, ge=1, description="a client ahead of real time (beyond the margin) is "
-                                                            "read as fast as its audio is transcribed, at most this "
-                                                            "many times real time; 1: strictly real time")
 
     @field_validator("classifier_checkpoint", "transcriber_checkpoint", mode="before")
     @classmethod
