@@ -70,6 +70,7 @@ from models.checkpoint import load_checkpoint
 from models.inference import DEFAULT_CHECKPOINT
 from models.transcription import decode_notes, decoding_defaults, transcribe
 from training.data.musicnet import MUSICNET_RATE, Labels
+from training.data.render import recording_kind
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PITCH_LO, PITCH_HI = 21, 108
@@ -328,7 +329,8 @@ def summarize(records: list[dict], group_by: str | None) -> dict:
     groups = {"all": records}
     if group_by:
         for r in records:
-            groups.setdefault(f"{group_by}={r['item'].meta.get(group_by, '(none)')}", []).append(r)
+            value = recording_kind(r["item"].meta) if group_by == "kind" else r["item"].meta.get(group_by, "(none)")
+            groups.setdefault(f"{group_by}={value}", []).append(r)
     out = {}
     for g, recs in groups.items():
         d = {"files": len(recs), **{s: score(recs, s) for s in SYSTEMS}}
@@ -406,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2, help="threads for both systems")
     ap.add_argument("--max-files", type=int, default=None)
     ap.add_argument("--max-seconds", type=float, default=None, help="crop each file to its first S seconds")
-    ap.add_argument("--group-by", default=None, help="metadata.jsonl field to break the metrics down by")
+    ap.add_argument("--group-by", default=None, help="metadata.jsonl field to break the metrics down by (kind: piano, solo line, ensemble)")
     ap.add_argument("--json", default=None, help="write all numbers here")
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")
     ap.add_argument("--quiet", action="store_true", help="no per-file progress on stderr")

@@ -1,4 +1,5 @@
-"""python scripts/finalize_v3.py: runs/musicnet/v3/model.pt -> runs/musicnet/v3/model_fp.pt, before calibration.
+"""python scripts/finalize_v3.py [SOURCE TARGET]: runs/musicnet/v3/model.pt -> runs/musicnet/v3/model_fp.pt, before
+calibration (any other trained transcriber with SOURCE and TARGET; a model without a velocity head only gets fine pitch).
 
 The fine-pitch output is switched on (no parameters: the learned outputs do not change), and the velocity head is
 kept only if it learned something: Pearson r >= 0.3 between predicted and rendered velocity of onset-matched notes
@@ -7,6 +8,7 @@ on the first 12 clean test recordings. For v3 it was 0.045, so the head was drop
 """
 import glob
 import json
+import sys
 
 import mir_eval
 import numpy as np
@@ -44,12 +46,16 @@ def velocity_pairs(model) -> tuple[list[int], list[int]]:
     return predicted, rendered
 
 
-def main() -> None:
-    blob = read_checkpoint(SOURCE)
+def main(source: str = SOURCE, target: str = TARGET) -> None:
+    blob = read_checkpoint(source)
     cfg = dict(blob["config"], fine_pitch=True)
     model = build_model(blob["arch"], cfg)
     model.load_state_dict(blob["state_dict"])
     model.eval()
+    if "velocity" not in model.heads:
+        save_checkpoint(target, model, blob["arch"], cfg, blob["meta"])
+        print("heads:", model.heads)
+        return
     predicted, rendered = velocity_pairs(model)
     r = float(np.corrcoef(predicted, rendered)[0, 1])
     keep = r >= 0.3
@@ -63,9 +69,9 @@ def main() -> None:
             state[k] = state[k][:2].clone()
         model = build_model(blob["arch"], cfg)
         model.load_state_dict(state)
-    save_checkpoint(TARGET, model, blob["arch"], cfg, meta)
+    save_checkpoint(target, model, blob["arch"], cfg, meta)
     print("heads:", model.heads)
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:3])

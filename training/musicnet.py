@@ -568,23 +568,49 @@ def fit_platt(probabilities: np.ndarray, targets: np.ndarray, max_cells: int = 8
     return float(ab[0].detach()), float(ab[1].detach())
 
 
-def calibrate(checkpoint: str, data: str, split: str = "val", out: str | None = None, threads: int = 2,
-              onset_grid: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
-              frame_grid: tuple[float, ...] = (0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6),
-              length_grid: tuple[float, ...] = (0.04, 0.08, 0.12),
-              reonset_grid: tuple[float | None, ...] = (None, 0.5, 0.7)) -> dict:
-    """Fit each head's logit calibration on a (realistic) validation split, then choose the note-decoding
+def _group_of(root: str, group_by: str | None) -> dict[str, str]:
+    """Recording id -> its ``group_by`` value in ``root/metadata.jsonl`` ("kind": recording_kind; empty
+    without a metadata file)."""
+    path = Path(root) / "metadata.jsonl"
+    if not group_by or not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from training.data.render import recording_kind
+    value = recording_kind if group_by == "kind" else (lambda r: str(r.get(group_by, "")))
+    return {str(r["id"]): value(r) for r in rows if "id" in r}
+
+
+def calibrate(checkpoint: str, data: str | list[str], split: str = "val", out: str | None = None, threads: int = 2,
+              onset_grid: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5),
+              frame_grid: tuple[float, ...] = (0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6),
+              length_grid: tuple[float, ...] = (0.04, 0.08),
+              reonset_grid: tuple[float | None, ...] = (None, 0.5, 0.7), group_by: str | None = "kind") -> dict:
+    """Fit each head's logit calibration on (realistic) validation splits, then choose the note-decoding
     thresholds with the best note F1 (mean of onset-only and with-offset F1) there, ties (within 0.01) going to
     the notes that end nearest the reference note-offs; both go into the checkpoint (``out``, default: in
-    place), so the service's default thresholds are the calibrated ones."""
+    place), so the service's default thresholds are the calibrated ones.
+
+    ``data`` may name several folders (e.g. a mixed split and a piano split), pooled. F1 is pooled over the
+    notes of each *bucket* of recordings with one ``group_by`` value (default: recording_kind, the issue's sets
+    piano, solo line, ensemble) and the buckets are averaged, so every kind of recording counts the same:
+    pooled over all notes, a few dense quartets would choose the thresholds for everyone."""
     from training.data.musicnet import MusicNet
     from training.metrics import note_errors, note_metrics
     torch.set_num_threads(threads)
+    folders = [data] if isinstance(data, (str, Path)) else list(data)
     model, meta = load_checkpoint(checkpoint)
-    ds = MusicNet(data, split, model.sample_rate, progress=True)
-    preds = predict_split(model, ds)
+    preds, buckets, n_rec, hours = [], [], 0, 0.0
+    for root in folders:
+        ds = MusicNet(root, split, model.sample_rate, progress=True)
+        groups = _group_of(root, group_by)
+        ps = predict_split(model, ds)
+        for i, (rec, p) in enumerate(zip(ds.recordings, ps)):
+            preds.append(p + ((ds.onsets_at, i),))  # how to read its onset targets
+            buckets.append(groups.get(rec.id, ""))
+        n_rec, hours = n_rec + len(ds), hours + ds.hours
     model_heads = heads(model)
     fits = []
+    spread = int(meta.get("train_config", {}).get("onset_spread", 0))  # the onset targets it was trained on
     for h in model_heads:
         if h in ("velocity", "bend"):  # a regression and a measurement, not probabilities to calibrate
             fits.append((1.0, 0.0))
@@ -594,9 +620,9 @@ def calibrate(checkpoint: str, data: str, split: str = "val", out: str | None = 
             targets = np.concatenate([t for _, t, *_ in preds])
         else:
             probs = np.concatenate([getattr(tr, h + "s") for tr, *_ in preds])
-            spread = int(meta.get("train_config", {}).get("onset_spread", 0))  # the targets it was trained on
-            targets = np.concatenate([ds.onsets_at(i, np.round(tr.times * ds.sample_rate).astype(np.int64), model.pitches,
-                                                   model.hop_length / 2, spread) for i, (tr, *_) in enumerate(preds)])
+            targets = np.concatenate([onsets_at(i, np.round(tr.times * model.sample_rate).astype(np.int64),
+                                                model.pitches, model.hop_length / 2, spread)
+                                      for tr, _, _, _, (onsets_at, i) in preds])
         fits.append(fit_platt(probs, targets))
     old = model.calibration.detach().double().numpy()
     new = np.array([[a * o[0], a * o[1] + b] for (a, b), o in zip(fits, old)])
@@ -608,7 +634,25 @@ def calibrate(checkpoint: str, data: str, split: str = "val", out: str | None = 
                 continue
             attr = "probabilities" if h == "frame" else h + "s"
             setattr(tr, attr, (1 / (1 + np.exp(-(a * _logit(getattr(tr, attr)) + b)))).astype(np.float32))
-    weights = np.array([max(len(iv), 1) for _, _, iv, _ in preds], dtype=np.float64)
+    names = sorted(set(buckets))
+    members = {b: [k for k, x in enumerate(buckets) if x == b] for b in names}
+
+    def evaluate_setting(dec: dict) -> dict:
+        per = [(note_metrics(iv, p, notes), note_errors(iv, p, notes), len(notes), len(iv))
+               for tr, _, iv, p, _ in preds for notes in [decode_notes(tr, defaults=dec)]]
+        f_on, f_off, err = [], [], []
+        for b in names:  # micro F1 within a bucket: true positives and note counts summed over its recordings
+            n = sum(per[k][2] + per[k][3] for k in members[b])
+            tp_on = sum(per[k][0]["note_recall"] * per[k][3] for k in members[b])
+            tp_off = sum(per[k][0]["note_with_offset_recall"] * per[k][3] for k in members[b])
+            f_on.append(2 * tp_on / n if n else 0.0)
+            f_off.append(2 * tp_off / n if n else 0.0)
+            errors = [x for k in members[b] for x in per[k][1]["offset_errors"]]
+            err.append(float(np.median(errors)) if errors else 0.0)
+        return {**dec, "note_f1": round(float(np.mean(f_on)), 4), "note_with_offset_f1": round(float(np.mean(f_off)), 4),
+                "offset_error_ms": round(1000 * float(np.mean(err)), 1),
+                "buckets": {b: [round(x, 4) for x in (fo, ff)] for b, fo, ff in zip(names, f_on, f_off)}}
+
     grid = []
     for on in onset_grid:
         for fr in frame_grid:
@@ -616,28 +660,21 @@ def calibrate(checkpoint: str, data: str, split: str = "val", out: str | None = 
                 for reon in reonset_grid if "onset" in model_heads else (None,):
                     if reon is not None and reon <= on:
                         continue
-                    dec = {"onset_threshold": on, "frame_threshold": fr, "min_note_length": ml,
-                           **({REONSET_KEY: reon} if reon is not None else {})}
-                    per = [note_metrics(iv, p, decode_notes(tr, defaults=dec)) for tr, _, iv, p in preds]
-                    f_on = float(np.average([d["note_f1"] for d in per], weights=weights))
-                    f_off = float(np.average([d["note_with_offset_f1"] for d in per], weights=weights))
-                    grid.append({**dec, "note_f1": round(f_on, 4), "note_with_offset_f1": round(f_off, 4)})
+                    grid.append(evaluate_setting({"onset_threshold": on, "frame_threshold": fr, "min_note_length": ml,
+                                                  **({REONSET_KEY: reon} if reon is not None else {})}))
     # Of the settings within 0.01 of the best summed F1, the one whose notes end closest to the reference
-    # note-offs (median offset error of onset-matched notes): offset F1 forgives up to 50 ms or 20 % of a note's
-    # length, so F1 alone is indifferent between notes that end on time and notes that end a little early.
+    # note-offs (median offset error of onset-matched notes, averaged over buckets): offset F1 forgives up to
+    # 50 ms or 20 % of a note's length, so F1 alone is indifferent between notes that end on time and a little early.
     top = max(g["note_f1"] + g["note_with_offset_f1"] for g in grid)
-    for g in grid:
-        if g["note_f1"] + g["note_with_offset_f1"] >= top - 0.01:
-            dec = {k: g[k] for k in ("onset_threshold", "frame_threshold", "min_note_length", REONSET_KEY) if k in g}
-            errors = [x for tr, _, iv, p in preds for x in note_errors(iv, p, decode_notes(tr, defaults=dec))["offset_errors"]]
-            g["offset_error_ms"] = round(1000 * float(np.median(errors)), 1) if errors else float("nan")
-    best = min((g for g in grid if "offset_error_ms" in g), key=lambda g: abs(g["offset_error_ms"]))
+    best = min((g for g in grid if g["note_f1"] + g["note_with_offset_f1"] >= top - 0.01),
+               key=lambda g: abs(g["offset_error_ms"]))
     decoding = {k: best[k] for k in ("onset_threshold", "frame_threshold", "min_note_length", REONSET_KEY) if k in best}
     blob = read_checkpoint(checkpoint)
     config = dict(blob["config"], decoding=decoding)
     model.decoding = decoding
     new_meta = dict(blob["meta"], decoding=decoding, calibration={
-        "data": str(data), "split": split, "recordings": len(ds), "hours": round(ds.hours, 3),
+        "data": [str(f) for f in folders] if len(folders) > 1 else str(folders[0]), "split": split,
+        "group_by": group_by, "recordings": n_rec, "hours": round(hours, 3),
         "logit_scale_shift": {h: [round(a, 4), round(b, 4)] for h, (a, b) in zip(model_heads, fits)},
         "best": best, "command": " ".join(["python -m training.musicnet", *sys.argv[1:]])})
     target = out or checkpoint
@@ -701,8 +738,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--cache-dir", default=None)
     c = sub.add_parser("calibrate", help="fit logit calibration + best-F1 note thresholds on a validation split")
     c.add_argument("--checkpoint", required=True)
-    c.add_argument("--data", required=True)
+    c.add_argument("--data", required=True, action="append",
+                   help="repeatable: several validation folders (each group of each folder weighs the same)")
     c.add_argument("--split", default="val")
+    c.add_argument("--group-by", default="kind",
+                   help="metadata.jsonl field whose values weigh the same (kind: piano, solo line, ensemble)")
     c.add_argument("--out", default=None, help="write the calibrated checkpoint here (default: in place)")
     c.add_argument("--threads", type=int, default=2)
     e = sub.add_parser("evaluate", help="AP, frame and note metrics + PR curve on a MusicNet-layout split")
@@ -727,7 +767,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "train":
         print(train(train_config_from_args(a)))
     elif a.cmd == "calibrate":
-        calibrate(a.checkpoint, a.data, a.split, a.out, a.threads)
+        calibrate(a.checkpoint, a.data, a.split, a.out, a.threads, group_by=a.group_by or None)
     elif a.cmd == "evaluate":
         evaluate(a.checkpoint, a.data, a.split, a.out, a.threshold, a.write_meta, a.max_files, a.threads, a.cache_dir,
                  ids=_id_list(a.ids), grid=a.grid)

@@ -136,3 +136,24 @@ def test_warm_start_adds_a_velocity_head_and_keeps_the_calibrated_outputs(tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(new(x)[..., :2], old(x), atol=1e-5, rtol=1e-5)
     assert torch.equal(new.calibration, torch.tensor([[1.0, 0.0]] * 3))
+
+
+def test_calibration_pools_folders_and_weighs_each_kind_of_recording_the_same(root, tmp_path):
+    import shutil
+
+    from training.data.render import recording_kind
+    cfg = cli.TrainConfig(data=str(root), out=str(tmp_path / "run"), arch="complex_note_transcriber", model=TINY,
+                          steps=2, batch_size=2, warmup=1, augment=False, eval_every=0, resume=False)
+    path = cli.train(cfg)
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    records = [{"id": "1001", "group": "solo", "instrument": "piano"}, {"id": "1002", "group": "ensemble"}]
+    (other / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert [recording_kind(r) for r in records] == ["piano", "ensemble"]
+    cal = cli.calibrate(str(path), [str(root), str(other)], "val", str(tmp_path / "c.pt"), threads=1,
+                        onset_grid=(0.3,), frame_grid=(0.3,), length_grid=(0.04,), reonset_grid=(None,))
+    assert cal["recordings"] == 2 * len(NOTES) and cal["data"] == [str(root), str(other)]
+    # Without metadata the first folder's recordings form their own bucket ("").
+    buckets = cal["best"]["buckets"]
+    assert set(buckets) == {"", "piano", "ensemble"}
+    assert cal["best"]["note_f1"] == pytest.approx(np.mean([b[0] for b in buckets.values()]), abs=1e-3)

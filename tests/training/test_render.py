@@ -55,3 +55,37 @@ def test_render_writes_musicnet_layout(tmp_path):
 def test_reserved_list_is_the_issue_list():
     assert set(RESERVED_BWV) == {"255", "256", "273", "274", "275", "296", "297", "326", "327", "364", "385",
                                  "48.3", "62.6", "114.7"}
+
+
+def _piano_piece():
+    import pretty_midi
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+    part = pretty_midi.Instrument(program=0)
+    for k in range(40):  # short detached notes: the pedal, when down, outlasts most of them
+        part.notes.append(pretty_midi.Note(velocity=80, pitch=60 + (k * 5) % 12, start=0.25 * k, end=0.25 * k + 0.1))
+    pm.instruments.append(part)
+    pm.fermatas = []
+    return pm
+
+
+@pytest.mark.parametrize("pedal_labels", [True, False])
+def test_pedal_sounds_in_both_conventions_and_extends_only_performed_labels(pedal_labels):
+    from training.data.render import arrange
+    for seed in range(40):  # the first seed whose render draws the pedal
+        out, rows, info = arrange(_piano_piece(), np.random.default_rng(seed), "solo_piano", 1.0, 60.0,
+                                  pedal_labels=pedal_labels)
+        if info["pedal"]:
+            break
+    assert info["pedal"]
+    sounding = sorted((n.start, n.end, n.pitch) for n in out.instruments[0].notes)
+    labelled = sorted((r[0], r[1], r[3]) for r in rows)
+    assert [s[::2] for s in sounding] == [lab[::2] for lab in labelled]  # same notes, same onsets
+    longer = sum(s[1] > lab[1] + 1e-9 for s, lab in zip(sounding, labelled))
+    if pedal_labels:
+        assert longer == 0  # MAESTRO's convention: the label lasts as long as the pedalled sound
+    else:
+        assert longer > 10 and max(lab[1] - lab[0] for lab in labelled) < 0.2  # key releases, as played
+    # The draws do not depend on the label convention: the audio is the same either way.
+    other, _, _ = arrange(_piano_piece(), np.random.default_rng(seed), "solo_piano", 1.0, 60.0,
+                          pedal_labels=not pedal_labels)
+    assert sorted((n.start, n.end, n.pitch) for n in other.instruments[0].notes) == sounding

@@ -96,12 +96,15 @@ class RenderConfig:
     only_split: str | None = None  # "test": render only the test works (a bigger evaluation set), stop at test_hours
     test_hours: float = 0.0        # with only_split="test": stop after this much test audio
     skip: int = 0                  # start at this piece of the shuffled list (continue an earlier render)
+    first_variant: int = 0         # number variants from here: new renderings of the same works (same splits)
     seed: int = 0
     workers: int = 1
     max_seconds: float = 420.0     # longer movements are cut (keeps one huge quartet from dominating)
     soundfonts: list[str] = field(default_factory=lambda: [p for p in SOUNDFONT_CANDIDATES if os.path.exists(p)])
     pieces: list[str] = field(default_factory=list)  # explicit corpus paths (tests); default: COMPOSERS
-    offsets: str = "performed"     # label note ends at the performed note-off (pedal-extended on piano), or "audible"
+    # Label note ends: "performed" (the note-off, pedal-extended on piano: MAESTRO's convention), "keys" (the
+    # note-off, the pedal sounds but extends no label: references taken from a piano's MIDI) or "audible" (v2).
+    offsets: str = "performed"
     sampled: bool = True           # some stems played by the sample player (real piano samples, more banks)
     ensembles: list[str] = field(default_factory=list)  # only these ensemble types (e.g. solo_piano); default: all
 
@@ -305,10 +308,13 @@ def pedal_extend(rows: list[tuple], segments: list[tuple[float, float]]) -> list
     return out
 
 
-def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_seconds: float, expressive: bool = True):
+def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_seconds: float, expressive: bool = True,
+            pedal_labels: bool = True):
     """A new PrettyMIDI: parts -> instruments of the ensemble (by register), tempo, dynamics, mix, detune.
 
-    Each label row ends with the index of its instrument in the result (its stem). With ``expressive``
+    Each label row ends with the index of its instrument in the result (its stem). The sustain pedal always
+    lengthens the sound; ``pedal_labels`` says whether it lengthens the labels too (the draws, and so the
+    audio, do not depend on it). With ``expressive``
     the tempo wanders, fermatas are held and every non-keyboard player is a little early or late
     (real ensembles never start a chord together)."""
     import pretty_midi
@@ -373,11 +379,10 @@ def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_secon
             vel = int(np.clip(vel, 20, 127))
             entries.setdefault(key, []).append((start, end, program + 1, n.pitch, n.start / spq, n.end / spq, stem, vel))
     for key, rs in entries.items():
-        if key == "piano" and pedal is not None:
-            rs = pedal_extend(rs, pedal)
-        for r in rs:
+        sounding = pedal_extend(rs, pedal) if key == "piano" and pedal is not None else rs
+        for r in sounding:
             merged[key].notes.append(pretty_midi.Note(velocity=r[7], pitch=r[3], start=r[0], end=r[1]))
-        rows += rs
+        rows += sounding if pedal_labels else rs
     for inst in merged.values():
         inst.notes.sort(key=lambda n: (n.start, n.pitch))
         bend = int(np.clip(round(inst._cents / 200 * 8192), -8191, 8191))  # default bend range is +-2 semitones
@@ -390,6 +395,13 @@ def arrange(pm, rng: np.random.Generator, ensemble: str, tempo: float, max_secon
             "cents": round(global_cents, 2), "stems": [inst.name.split(":")[0] for inst in out.instruments],
             "pedal": pedal is not None}
     return out, rows, info
+
+
+def recording_kind(record: dict) -> str:
+    """A render metadata record's set, as the transcriber issue counts them: "piano" (a piano alone, in a
+    solo_piano render or as the piano stem of an ensemble), "solo" (any other single line) or "ensemble"."""
+    group = str(record.get("group", ""))
+    return "piano" if group == "solo" and record.get("instrument") == "piano" else group
 
 
 def draw_effects(rng: np.random.Generator) -> dict:
@@ -538,11 +550,12 @@ def render_piece(task: tuple) -> list[dict]:
         n_notes = sum(len(i.notes) for i in pm.instruments)
         if n_notes < 20 or pm.get_end_time() < 8:
             return [{"skipped": path, "why": "too short"}]
-        for v in range(cfg.variants if split == "train" else 1):
+        for v in range(cfg.first_variant, cfg.first_variant + (cfg.variants if split == "train" else 1)):
             rng = np.random.default_rng([cfg.seed, index, v])
             ensemble = pick_ensemble(rng, cfg.ensembles)
             tempo = float(np.exp(rng.uniform(np.log(0.75), np.log(1.3))))
-            arranged, rows, info = arrange(pm, rng, ensemble, tempo, cfg.max_seconds)
+            arranged, rows, info = arrange(pm, rng, ensemble, tempo, cfg.max_seconds,
+                                          pedal_labels=cfg.offsets != "keys")
             if not rows:
                 continue
             soundfont = cfg.soundfonts[rng.integers(len(cfg.soundfonts))]
@@ -568,8 +581,11 @@ def render_piece(task: tuple) -> list[dict]:
             else:
                 chosen = [int(rng.choice(solo))] if solo and rng.random() < cfg.solo_fraction else []
             outputs += [(f"s{k}", mono[k], labelled[k], "solo", names[k]) for k in chosen]
+            # Cut after the last sound, not the last label: with --offsets keys a pedalled chord outlasts its label.
+            sounding = [max((n.end for n in inst.notes), default=0.0) for inst in arranged.instruments]
             for suffix, x, out_rows, group, instrument in outputs:
-                end = int(round(max(r[1] for r in out_rows) * sr)) + int(rng.uniform(0.3, 1.5) * sr)
+                last = max(sounding[int(suffix[1:])] if suffix else max(sounding), max(r[1] for r in out_rows))
+                end = int(round(last * sr)) + int(rng.uniform(0.3, 1.5) * sr)
                 x = x[:end]
                 eq = rng.random() < 0.6
                 if eq:
@@ -664,20 +680,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only-split", choices=["test"], default=None, help="render only the test works")
     ap.add_argument("--test-hours", type=float, default=d.test_hours, help="with --only-split test: stop here")
     ap.add_argument("--skip", type=int, default=d.skip, help="start at this piece (continue an earlier render)")
+    ap.add_argument("--first-variant", type=int, default=d.first_variant,
+                    help="number the renderings of each piece from here: with a new value, fresh arrangements, "
+                         "timbres and rooms of the same works (the train/test split stays the seed's)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--workers", type=int, default=d.workers)
     ap.add_argument("--max-seconds", type=float, default=d.max_seconds)
     ap.add_argument("--soundfont", action="append", dest="soundfonts", help="repeatable; default: all installed GM fonts")
     ap.add_argument("--piece", action="append", dest="pieces", help="music21 corpus path (repeatable); default: corpus")
-    ap.add_argument("--offsets", choices=["performed", "audible"], default=d.offsets,
-                    help="label note ends at the performed note-off (pedal-extended on piano; default) or where the "
-                         "sound has decayed 20 dB (v2's convention)")
+    ap.add_argument("--offsets", choices=["performed", "keys", "audible"], default=d.offsets,
+                    help="label note ends at the performed note-off (pedal-extended on piano; default), at the key "
+                         "release even under the pedal (keys: a piano's MIDI, as Disklavier references are), or "
+                         "where the sound has decayed 20 dB (v2's convention)")
     ap.add_argument("--no-sampled", action="store_true", help="FluidSynth only (no sample player stems)")
     ap.add_argument("--ensemble", action="append", dest="ensembles", choices=sorted(ENSEMBLES),
                     help="repeatable: only these ensemble types (e.g. solo_piano for a piano split)")
     a = ap.parse_args(argv)
     cfg = RenderConfig(offsets=a.offsets, sampled=not a.no_sampled, ensembles=a.ensembles or [], out=a.out, hours=a.hours, test_fraction=a.test_fraction, variants=a.variants, solo_fraction=a.solo_fraction, only_split=a.only_split,
-                       test_hours=a.test_hours, skip=a.skip, seed=a.seed,
+                       test_hours=a.test_hours, skip=a.skip, seed=a.seed, first_variant=a.first_variant,
                        workers=a.workers, max_seconds=a.max_seconds, soundfonts=a.soundfonts or d.soundfonts,
                        pieces=a.pieces or [])
     s = render(cfg)
