@@ -70,7 +70,7 @@ from models.checkpoint import load_checkpoint
 from models.inference import DEFAULT_CHECKPOINT
 from models.transcription import decode_notes, decoding_defaults, transcribe
 from training.data.musicnet import MUSICNET_RATE, Labels
-from training.data.render import recording_kind
+from training.data.render import group_value
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PITCH_LO, PITCH_HI = 21, 108
@@ -329,8 +329,7 @@ def summarize(records: list[dict], group_by: str | None) -> dict:
     groups = {"all": records}
     if group_by:
         for r in records:
-            value = recording_kind(r["item"].meta) if group_by == "kind" else r["item"].meta.get(group_by, "(none)")
-            groups.setdefault(f"{group_by}={value}", []).append(r)
+            groups.setdefault(f"{group_by}={group_value(r['item'].meta, group_by)}", []).append(r)
     out = {}
     for g, recs in groups.items():
         d = {"files": len(recs), **{s: score(recs, s) for s in SYSTEMS}}

@@ -52,10 +52,15 @@ def main(source: str = SOURCE, target: str = TARGET) -> None:
     model = build_model(blob["arch"], cfg)
     model.load_state_dict(blob["state_dict"])
     model.eval()
-    if "velocity" not in model.heads:
-        save_checkpoint(target, model, blob["arch"], cfg, blob["meta"])
-        print("heads:", model.heads)
-        return
+    meta = blob["meta"]
+    if "velocity" in model.heads:
+        model, cfg, meta = check_velocity(model, blob, cfg)
+    save_checkpoint(target, model, blob["arch"], cfg, meta)
+    print("heads:", model.heads)
+
+
+def check_velocity(model, blob: dict, cfg: dict) -> tuple:
+    """Keep the velocity head only if it learned (Pearson r >= 0.3); returns (model, config, meta)."""
     predicted, rendered = velocity_pairs(model)
     r = float(np.corrcoef(predicted, rendered)[0, 1])
     keep = r >= 0.3
@@ -69,8 +74,7 @@ def main(source: str = SOURCE, target: str = TARGET) -> None:
             state[k] = state[k][:2].clone()
         model = build_model(blob["arch"], cfg)
         model.load_state_dict(state)
-    save_checkpoint(target, model, blob["arch"], cfg, meta)
-    print("heads:", model.heads)
+    return model, cfg, meta
 
 
 if __name__ == "__main__":

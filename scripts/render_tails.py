@@ -18,7 +18,8 @@ from training.data.render import recording_kind
 
 
 def tails(root: str, kind: str = "solo") -> np.ndarray:
-    meta = {r["id"]: r for r in map(json.loads, open(f"{root}/metadata.jsonl"))}
+    with open(f"{root}/metadata.jsonl") as f:
+        meta = {r["id"]: r for r in map(json.loads, f)}
     out = []
     for wav in sorted(glob.glob(f"{root}/test_data/*.wav")):
         if recording_kind(meta[wav.split("/")[-1][:-4]]) != kind:
@@ -28,7 +29,8 @@ def tails(root: str, kind: str = "solo") -> np.ndarray:
         n = len(x) // hop
         env = 10 * np.log10(np.mean(x[: n * hop].reshape(n, hop) ** 2, 1) + 1e-12)
         labels = wav.replace("_data", "_labels").replace(".wav", ".csv")
-        rows = sorted((int(r["start_time"]) / 44100, int(r["end_time"]) / 44100) for r in csv.DictReader(open(labels)))
+        with open(labels) as f:
+            rows = sorted((int(r["start_time"]) / 44100, int(r["end_time"]) / 44100) for r in csv.DictReader(f))
         for s, e in rows:
             if any(s2 < e + 0.5 and e2 > e - 1e-6 and (s2, e2) != (s, e) for s2, e2 in rows):
                 continue  # another note sounds within 0.5 s of this note-off

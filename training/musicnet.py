@@ -574,10 +574,9 @@ def _group_of(root: str, group_by: str | None) -> dict[str, str]:
     path = Path(root) / "metadata.jsonl"
     if not group_by or not path.exists():
         return {}
+    from training.data.render import group_value
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    from training.data.render import recording_kind
-    value = recording_kind if group_by == "kind" else (lambda r: str(r.get(group_by, "")))
-    return {str(r["id"]): value(r) for r in rows if "id" in r}
+    return {str(r["id"]): group_value(r, group_by) for r in rows if "id" in r}
 
 
 def calibrate(checkpoint: str, data: str | list[str], split: str = "val", out: str | None = None, threads: int = 2,
@@ -739,7 +738,7 @@ def main(argv: list[str] | None = None) -> None:
     c = sub.add_parser("calibrate", help="fit logit calibration + best-F1 note thresholds on a validation split")
     c.add_argument("--checkpoint", required=True)
     c.add_argument("--data", required=True, action="append",
-                   help="repeatable: several validation folders (each group of each folder weighs the same)")
+                   help="repeatable: several validation folders, pooled (each --group-by value weighs the same)")
     c.add_argument("--split", default="val")
     c.add_argument("--group-by", default="kind",
                    help="metadata.jsonl field whose values weigh the same (kind: piano, solo line, ensemble)")

@@ -404,6 +404,11 @@ def recording_kind(record: dict) -> str:
     return "piano" if group == "solo" and record.get("instrument") == "piano" else group
 
 
+def group_value(record: dict, field: str) -> str:
+    """A metadata record's value of ``field`` for grouping results; ``kind`` is recording_kind."""
+    return recording_kind(record) if field == "kind" else str(record.get(field, "(none)"))
+
+
 def draw_effects(rng: np.random.Generator) -> dict:
     reverb = rng.random() < 0.7
     room = {"synth.reverb.room-size": round(rng.uniform(0.1, 0.9), 2), "synth.reverb.damp": round(rng.uniform(0, 0.8), 2),
