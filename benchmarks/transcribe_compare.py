@@ -43,7 +43,11 @@ Metrics per system (training/metrics.py):
   dividing (the JSON also holds ``*_wavg``: per-file scores averaged with reference-note-count weights, as
   training/musicnet.py ``score()`` pools them);
 * note counts (estimated vs reference), the median onset and offset error of notes matched on onset, and the
-  false notes by kind (``note_errors``: harmonic, fragment of a held note, short, other).
+  false notes by kind (``note_errors``: harmonic, fragment of a held note, short, other);
+* where the labels carry velocities (the renders do): note F1 with velocity (mir_eval.transcription_velocity,
+  micro-pooled, onset only and with offsets) and the Pearson r of onset-matched notes' velocities within each
+  file, averaged with matched-note weights (recording levels differ, so r across files means little). Basic
+  Pitch's velocity is what its MIDI writes, round(127 * amplitude).
 """
 from __future__ import annotations
 
@@ -250,8 +254,9 @@ class BasicPitch:
         out = self.inference(audio, sr)
         _, events = self.notes_mod.model_output_to_notes(out, **self.note_kwargs)
         wall = time.perf_counter() - t0
-        notes = [{"onset": float(s), "offset": float(e), "pitch": int(p), "confidence": float(a)}
-                 for s, e, p, a, *_ in events]
+        # velocity as Basic Pitch writes it into its MIDI: round(127 * amplitude)
+        notes = [{"onset": float(s), "offset": float(e), "pitch": int(p), "confidence": float(a),
+                  "velocity": int(np.clip(round(127 * float(a)), 1, 127))} for s, e, p, a, *_ in events]
         times = self.notes_mod.model_frames_to_time(out["note"].shape[0])
         return Output(np.asarray(times, dtype=np.float64), np.asarray(out["note"], dtype=np.float32), notes, wall,
                       len(audio) / sr)
@@ -260,7 +265,7 @@ class BasicPitch:
 # ------------------------------------------------------------------------------------------------ scoring
 
 def _note_counts(item: Item, out: Output) -> dict:
-    from training.metrics import note_errors, note_metrics
+    from training.metrics import note_errors, note_metrics, pearson_r, velocity_metrics
     ref_i, ref_p = reference(item, out.seconds)
     m = note_metrics(ref_i, ref_p, out.notes)
     n_ref, n_est = len(ref_p), len(out.notes)
@@ -268,6 +273,14 @@ def _note_counts(item: Item, out: Output) -> dict:
     for k in ("note", "note_with_offset"):
         c[f"{k}_tp"] = round(m[f"{k}_recall"] * n_ref)
         c[k] = m
+    intervals, pitches, velocities = item.labels.notes_with_velocity(MUSICNET_RATE)
+    keep = (pitches >= PITCH_LO) & (pitches <= PITCH_HI) & (intervals[:, 0] < out.seconds) & (velocities > 0)
+    if keep.any() and any("velocity" in n for n in out.notes):  # rendered labels know how hard each note was played
+        v = velocity_metrics(np.minimum(intervals[keep], out.seconds), pitches[keep], velocities[keep], out.notes)
+        c["velocity"] = {"n_ref": v["n_ref"], "n_est": v["n_est"], "pairs": len(v["velocity_pairs"]),
+                         "r": pearson_r(v["velocity_pairs"]),
+                         **{f"{k}_tp": round(v[f"note_{k}_recall"] * v["n_ref"])
+                            for k in ("velocity", "velocity_with_offset")}}
     return c
 
 
@@ -314,6 +327,14 @@ def score(records: list[dict], system: str) -> dict:
     m.update({"notes_est": n_est, "notes_ref": n_ref})
     off = [x for c in counts for x in c["errors"]["offset_errors"]]
     ons = [x for c in counts for x in c["errors"]["onset_errors"]]
+    vel = [c["velocity"] for c in counts if "velocity" in c]
+    if vel and len(vel) == len(counts):  # velocity F1 micro-pooled; r within each file (levels differ per file)
+        for k in ("velocity", "velocity_with_offset"):
+            m[f"note_{k}_f1"] = _prf(sum(v[f"{k}_tp"] for v in vel), sum(v["n_est"] for v in vel),
+                                     sum(v["n_ref"] for v in vel))[2]
+        rs = [(v["r"], v["pairs"]) for v in vel if np.isfinite(v["r"])]
+        m["velocity_r_within_file"] = float(np.average([r for r, _ in rs], weights=[n for _, n in rs])) if rs \
+            else float("nan")
     m["offset_error_median_ms"] = 1000 * float(np.median(off)) if off else float("nan")
     m["onset_error_median_ms"] = 1000 * float(np.median(ons)) if ons else float("nan")
     for k in ("harmonic", "fragment", "short", "other"):
@@ -346,6 +367,9 @@ ROWS = [("frame AP", "frame_ap", "{:.3f}"), ("frame F1 best", "frame_f1_best", "
         ("  at threshold", "frame_best_threshold", "{:.2f}"), ("frame F1 @0.5", "frame_f1_at_0.5", "{:.3f}"),
         ("note onset P", "note_precision", "{:.3f}"), ("note onset R", "note_recall", "{:.3f}"),
         ("note onset F1", "note_f1", "{:.3f}"), ("note+offset F1", "note_with_offset_f1", "{:.3f}"),
+        ("note+velocity F1", "note_velocity_f1", "{:.3f}"),
+        ("note+offset+velocity F1", "note_velocity_with_offset_f1", "{:.3f}"),
+        ("velocity r (matched notes, within file)", "velocity_r_within_file", "{:.3f}"),
         ("notes est / ref", None, None), ("matched: median offset error (ms)", "offset_error_median_ms", "{:+.0f}"),
         ("matched: median onset error (ms)", "onset_error_median_ms", "{:+.0f}"),
         ("false notes: harmonic (8ve/12th/15th)", "false_harmonic", "{:d}"),
@@ -357,7 +381,7 @@ ROWS = [("frame AP", "frame_ap", "{:.3f}"), ("frame F1 best", "frame_f1_best", "
 def _cell(m: dict, key: str | None, fmt: str | None) -> str:
     if key is None:
         return f"{m['notes_est']} / {m['notes_ref']}"
-    v = m[key]
+    v = m.get(key, float("nan"))  # velocity rows: only where labels and notes carry velocities
     return "nan" if isinstance(v, float) and not np.isfinite(v) else fmt.format(v)
 
 

@@ -178,7 +178,8 @@ def sonify(notes: list[dict], sample_rate: int = 22050, synth: str = "auto", tem
            ) -> np.ndarray:
     """The notes as audio, mono float32 in [-1, 1]: rendered by the FluidSynth program with a General MIDI
     SoundFont (piano) when both are installed (``synth="auto"`` or ``"fluidsynth"``), else by a small additive
-    synthesiser (``"sine"``: four harmonics, exponential decay, velocity from confidence)."""
+    synthesiser (``"sine"``: four harmonics, exponential decay, loudness from the note's velocity, or from its
+    confidence when a model gives none)."""
     if synth not in ("auto", "fluidsynth", "sine"):
         raise ValueError(f"unknown synth {synth!r}: auto, fluidsynth or sine")
     soundfont, program = find_soundfont(), shutil.which("fluidsynth")
@@ -210,7 +211,8 @@ def _additive(notes: list[dict], sample_rate: int) -> np.ndarray:
         f = midi_to_hz(n["pitch"])
         tone = sum(np.sin(2 * np.pi * k * f * t) / k ** 2 for k in range(1, 5) if k * f < sample_rate / 2)
         envelope = np.exp(-3.0 * t) * np.minimum(1.0, (len(t) - np.arange(len(t))) / (0.01 * sample_rate))
-        out[a:b] += 0.2 * (0.3 + 0.7 * n.get("confidence", 1.0)) * tone * np.clip(envelope, 0, 1)
+        gain = n["velocity"] / 127 if "velocity" in n else 0.3 + 0.7 * n.get("confidence", 1.0)
+        out[a:b] += 0.2 * gain * tone * np.clip(envelope, 0, 1)
     peak = np.abs(out).max()
     return (out / peak * 0.9 if peak > 0.9 else out).astype(np.float32)
 

@@ -19,7 +19,10 @@
   (as Onsets and Frames does); read at each decoded note's onset. With ``fine_pitch`` a fourth output,
   ``bend``, that nothing learns: where between its neighbours each key's spectral peak lies, read off the
   complex front end at a third of a semitone per bin (parabolic interpolation of the log power), as
-  semitones + 0.5 in [0, 1]; the pitch bends of vibrato and glides written into MIDI.
+  semitones + 0.5 in [0, 1]; the pitch bends of vibrato and glides written into MIDI. With
+  ``level_velocity`` (v5) a ``velocity`` output that nothing learns either: the level of each key's
+  first four harmonics at its attack, mapped to velocity / 127 by a logistic curve fitted on renders whose
+  velocities are known (scripts/fit_velocity.py). A learned velocity head (v3) did not learn.
 * **Calibration.** An affine map of each head's logits, fitted after training on a realistic
   validation split (``training.musicnet calibrate``), so that probabilities mean what they say and
   the decoding thresholds stored with the model (``decoding``) are the best-F1 ones.
@@ -27,6 +30,8 @@
 Contract of models/transcription.py: forward((B, window_samples)) -> (B, frames, pitches, 2) logits.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -68,13 +73,20 @@ class ComplexNoteTranscriber(nn.Module):
                  n_fft: int = 2048, q: float = 17.0, channels: int = 16, harmonics: tuple[float, ...] = HARMONICS,
                  hidden: int = 32, compression_gain: float = 1000.0,
                  output_bias: tuple[float, ...] = (-3.0, -5.0, 0.0), decoding: dict | None = None,
-                 heads: tuple[str, ...] = ("frame", "onset"), fine_pitch: bool = False) -> None:
+                 heads: tuple[str, ...] = ("frame", "onset"), fine_pitch: bool = False,
+                 level_velocity: tuple[float, float] | None = None) -> None:
         super().__init__()
         if tuple(heads[:2]) != ("frame", "onset") or not set(heads) <= {"frame", "onset", "velocity"}:
             raise ValueError(f"heads must be ('frame', 'onset') optionally followed by 'velocity', got {heads}")
         self.learned_heads = tuple(heads)
         self.fine_pitch = fine_pitch
         self.heads = self.learned_heads + (("bend",) if fine_pitch else ())
+        # (slope, level): velocity / 127 = sigmoid(slope * (dB - level)) of the note's harmonics at its attack
+        self.level_velocity = None if level_velocity is None else (float(level_velocity[0]), float(level_velocity[1]))
+        if self.level_velocity is not None:
+            if "velocity" in self.learned_heads:
+                raise ValueError("level_velocity replaces a learned velocity head; a model has one or the other")
+            self.heads += ("velocity",)
         self.sample_rate, self.hop_length, self.frames_per_window = sample_rate, hop_length, frames_per_window
         self.pitches = list(range(min_pitch, max_pitch + 1))
         self.decoding = dict(decoding or {})
@@ -173,6 +185,28 @@ class ComplexNoteTranscriber(nn.Module):
         p = (offset.clamp(-0.499, 0.499) + 0.5)
         return torch.log(p / (1 - p)).unsqueeze(1)
 
+    def attack_level_db(self, spec: torch.Tensor) -> torch.Tensor:
+        """(B, 2, n_bins, T) front end -> (B, 88, frames): the level in dB of each key's first four harmonics
+        (the strongest of 3 bins around each), the loudest over this frame and the next 3: a struck or
+        tongued note peaks within ~60 ms of its onset frame. The look-ahead stays inside the receptive margin,
+        so windows (and the live stream) see exactly what a whole-file pass sees."""
+        r = self.receptive
+        power = spec.float().square().sum(1)                                      # (B, n_bins, T)
+        centre = torch.arange(len(self.pitches), device=spec.device) * self.bps + self.bps // 2
+        total = torch.zeros(power.shape[0], len(self.pitches), power.shape[-1], device=spec.device)
+        for h in (1, 2, 3, 4):
+            at = centre + round(self.bps * 12 * math.log2(h))
+            rows = (at[:, None] + torch.arange(-1, 2, device=spec.device)).clamp(0, self.n_bins - 1)
+            band = power[:, rows].amax(2)                                         # (B, 88, T)
+            total += torch.where((at < self.n_bins)[None, :, None], band, torch.zeros_like(band))
+        db = 10 * torch.log10(total + 1e-10)
+        frames = spec.shape[-1] - 2 * r
+        return torch.stack([db[..., r + k: r + k + frames] for k in range(4)], 0).amax(0)
+
+    def velocity_logits(self, spec: torch.Tensor) -> torch.Tensor:
+        slope, level = self.level_velocity
+        return (slope * (self.attack_level_db(spec) - level)).unsqueeze(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.frontend(x)
         h = compress(spec, self.compression_gain)
@@ -186,6 +220,8 @@ class ComplexNoteTranscriber(nn.Module):
         logits = logits * self.calibration[:, :1, None] + self.calibration[:, 1:, None]
         if self.fine_pitch:
             logits = torch.cat([logits, self.fine_pitch_logits(spec).to(logits.dtype)], 1)
+        if self.level_velocity is not None:
+            logits = torch.cat([logits, self.velocity_logits(spec).to(logits.dtype)], 1)
         return logits.permute(0, 3, 2, 1)                                 # (B, frames, 88, heads)
 
 

@@ -114,6 +114,47 @@ def note_metrics(ref_intervals, ref_pitches, est_notes: list[dict], onset_tolera
     return out
 
 
+def velocity_metrics(ref_intervals, ref_pitches, ref_velocities, est_notes: list[dict],
+                     onset_tolerance: float = 0.05) -> dict:
+    """How well notes' MIDI velocities follow the reference's (notes and references that have one):
+    mir_eval.transcription_velocity F1, onset only and with offsets (velocities rescaled per recording by the
+    least-squares line, then within 0.1 of the reference's range, as in Onsets and Frames), the matched pair
+    count and the Pearson r of onset-matched notes' velocities."""
+    import numpy as np
+    from mir_eval import transcription, transcription_velocity
+    hz = (lambda m: 440.0 * 2.0 ** ((np.asarray(m, dtype=np.float64) - 69) / 12))
+    ref_i = np.asarray(ref_intervals, dtype=np.float64).reshape(-1, 2)
+    ref_p, ref_v = np.asarray(ref_pitches, dtype=np.float64), np.asarray(ref_velocities, dtype=np.float64)
+    keep = (ref_i[:, 1] > ref_i[:, 0]) & (ref_v > 0)
+    ref_i, ref_p, ref_v = ref_i[keep], ref_p[keep], ref_v[keep]
+    est = [n for n in est_notes if "velocity" in n]
+    est_i = np.array([[n["onset"], max(n["offset"], n["onset"] + 1e-3)] for n in est], dtype=np.float64).reshape(-1, 2)
+    est_p = np.array([n["pitch"] for n in est], dtype=np.float64)
+    est_v = np.array([n["velocity"] for n in est], dtype=np.float64)
+    out: dict = {"n_ref": int(len(ref_p)), "n_est": int(len(est_p))}
+    for name, ratio in (("velocity", None), ("velocity_with_offset", 0.2)):
+        f = p = r = 0.0
+        if len(ref_p) and len(est_p):
+            p, r, f, _ = transcription_velocity.precision_recall_f1_overlap(
+                ref_i, hz(ref_p), ref_v, est_i, hz(est_p), est_v, onset_tolerance=onset_tolerance, offset_ratio=ratio)
+        out.update({f"note_{name}_precision": float(p), f"note_{name}_recall": float(r), f"note_{name}_f1": float(f)})
+    pairs = transcription.match_notes(ref_i, hz(ref_p), est_i, hz(est_p), onset_tolerance=onset_tolerance,
+                                      offset_ratio=None) if len(ref_p) and len(est_p) else []
+    out["velocity_pairs"] = [(float(ref_v[i]), float(est_v[j])) for i, j in pairs]
+    return out
+
+
+def pearson_r(pairs: list[tuple[float, float]]) -> float:
+    """Pearson r of (reference, estimate) pairs; nan with fewer than 3 or no spread."""
+    import numpy as np
+    if len(pairs) < 3:
+        return float("nan")
+    a = np.asarray(pairs, dtype=np.float64)
+    if a[:, 0].std() == 0 or a[:, 1].std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a[:, 0], a[:, 1])[0, 1])
+
+
 HARMONIC_INTERVALS = (12, 19, 24)  # an octave, a twelfth, two octaves above a sounding note
 
 

@@ -50,8 +50,10 @@ def write_musicnet(root: Path) -> Path:
     (root / "test_data").mkdir(parents=True)
     (root / "test_labels").mkdir(parents=True)
     sf.write(root / "test_data" / "2001.wav", render(MELODY), RATE, subtype="PCM_16")
-    rows = "".join(f"{int(a * RATE)},{int(b * RATE)},1,{m},0,1,Quarter\n" for a, b, m in MELODY)
-    (root / "test_labels" / "2001.csv").write_text("start_time,end_time,instrument,note,start_beat,end_beat,note_value\n" + rows)
+    rows = "".join(f"{int(a * RATE)},{int(b * RATE)},1,{m},0,1,Quarter,{60 + 10 * i}\n"
+                   for i, (a, b, m) in enumerate(MELODY))
+    (root / "test_labels" / "2001.csv").write_text(
+        "start_time,end_time,instrument,note,start_beat,end_beat,note_value,velocity\n" + rows)
     return root
 
 
@@ -103,6 +105,10 @@ def test_compare_plain_folder_and_musicnet_layout(tmp_path, capsys):
     for s in tc.SYSTEMS:
         assert allm[s]["notes_ref"] == 4  # notes starting before the 3 s crop
         assert allm[s]["note_f1"] > MIN_NOTE_F1[s], (s, allm[s])
+    # labels with velocities: Basic Pitch's notes carry one (its MIDI's), and so do the project's (v5 and later)
+    assert 0.0 < allm["basic_pitch"]["note_velocity_f1"] <= allm["basic_pitch"]["note_f1"] + 1e-9
+    if "velocity" in tc.load_checkpoint(str(tc.DEFAULT_CHECKPOINT))[0].heads:
+        assert 0.0 < allm["project"]["note_velocity_f1"] <= allm["project"]["note_f1"] + 1e-9
 
 
 def test_note_errors_classify_false_notes_and_measure_offsets():

@@ -66,3 +66,56 @@ def test_vibrato_and_velocity(dest):
     b, _ = sampler.render_notes([(0, 2.0, 69, 90)], p, SR, np.random.default_rng(1), vibrato=False)
     assert np.isfinite(a).all() and not np.allclose(a[: len(b)], b[: len(a)])
     assert abs(sampler.estimate_f0(a[int(0.5 * SR): int(1.9 * SR)], SR) / 440.0 - 1) < 0.03
+
+
+@pytest.mark.parametrize("program,pitches", [(40, (62, 76)), (71, (55, 70)), (70, (41, 55)), (65, (56, 68)),
+                                             (42, (40, 55))])
+def test_recorded_instruments_play_the_named_key_and_start_when_labelled(dest, program, pitches):
+    """The tonejs recordings: each kept sample sounds its key (YIN-checked), and a note is audible (within
+    10 dB of its early level) 40 ms after its start although many recordings begin with a slow swell."""
+    ps = sampler.recorded_presets(dest, program)
+    if not ps:
+        pytest.skip(f"no recorded instrument for program {program} under {dest}")
+    p = ps[0]
+    assert p.bank == "tonejs" and p.program == program
+    assert p not in sampler.load_presets(dest, program)  # old renders draw from the same presets as before
+    assert any(q.bank == "tonejs" for q in sampler.load_presets(dest, program, recorded=True))
+    for k in pitches:
+        assert abs(sampler.pitch_error(p, k, SR)) < 0.5
+        y, _ = sampler.render_notes([(0.0, 0.5, k, 100)], p, SR, None, vibrato=False, brightness=False)
+        hop = SR // 200
+        rms = np.sqrt(np.square(y[: len(y) // hop * hop]).reshape(-1, hop).mean(axis=1))
+        assert np.argmax(rms >= 0.3 * rms[:100].max()) * hop / SR < 0.04
+
+
+def test_sample_names_and_attack_start():
+    assert sampler._sample_key("A4.mp3") == 69 and sampler._sample_key("As3.mp3") == 58
+    assert sampler._sample_key("Cs1.mp3") == 25 and sampler._sample_key("F2 v2.mp3") is None
+    sr = 8000
+    t = np.arange(2 * sr) / sr
+    swell = np.sin(2 * np.pi * 220 * t) * np.minimum(1.0, t / 0.4)  # 400 ms linear swell, then steady
+    start = sampler._attack_start(swell, sr)
+    assert abs(start / sr - (0.3 * 0.4 - 0.015)) < 0.015  # 15 ms before it reaches 30 % of its level
+    steady = np.sin(2 * np.pi * 220 * t)
+    assert sampler._attack_start(steady, sr) == 0
+
+
+def test_legato_notes_stop_under_the_next_note_and_rests_keep_their_release():
+    """A wind note joined to the next one stops within ~20 ms with ``legato``; before a rest it rings as before."""
+    sr = 8000
+    t = np.arange(4 * sr) / sr
+    zone = sampler.Zone(lokey=0, hikey=127, lovel=1, hivel=127, data=np.sin(2 * np.pi * 440 * t).astype(np.float32),
+                        sr=sr, root_key=69.0, tune=0.0)
+    clarinet = sampler.Preset(name="sine", bank="test", program=71, zones=[zone])
+    notes = [(0.0, 0.5, 69, 100), (0.5, 1.0, 93, 100), (1.6, 2.0, 69, 100)]  # joined, then after a rest
+
+    def a4_after(y: np.ndarray, at: float) -> float:  # level of 440 Hz 10-30 ms after ``at``, relative to before
+        def level(a: float, b: float) -> float:
+            seg = y[int(a * sr): int(b * sr)]
+            return abs(np.dot(seg, np.exp(-2j * np.pi * 440 * np.arange(len(seg)) / sr))) / len(seg)
+        return level(at + 0.01, at + 0.03) / level(at - 0.1, at)
+
+    joined, _ = sampler.render_notes(notes, clarinet, sr, np.random.default_rng(0), vibrato=False, legato=True)
+    ringing, _ = sampler.render_notes(notes, clarinet, sr, np.random.default_rng(0), vibrato=False)
+    assert a4_after(joined, 0.5) < 0.3 * a4_after(ringing, 0.5)
+    assert a4_after(joined, 2.0) == pytest.approx(a4_after(ringing, 2.0), rel=1e-3)  # a rest follows: unchanged

@@ -107,9 +107,16 @@ class Labels:
 
     def notes(self, rate: int = MUSICNET_RATE) -> tuple[np.ndarray, np.ndarray]:
         """Unique (intervals (N, 2) seconds, MIDI pitches (N,)): unisons of two instruments count once."""
-        arr = np.unique(np.stack([self.start, self.end, self.pitch], 1), axis=0) if len(self.start) else \
-            np.zeros((0, 3), dtype=np.int64)
-        return arr[:, :2].astype(np.float64) / rate, arr[:, 2]
+        intervals, pitches, _ = self.notes_with_velocity(rate)
+        return intervals, pitches
+
+    def notes_with_velocity(self, rate: int = MUSICNET_RATE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``notes`` plus each note's velocity (the first of a unison; -1 where the labels have none)."""
+        if not len(self.start):
+            return np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        arr, first = np.unique(np.stack([self.start, self.end, self.pitch], 1), axis=0, return_index=True)
+        vel = self.velocity[first] if self.velocity is not None else np.full(len(arr), -1, np.int64)
+        return arr[:, :2].astype(np.float64) / rate, arr[:, 2], vel
 
 
 @dataclass

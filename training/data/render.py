@@ -107,6 +107,10 @@ class RenderConfig:
     offsets: str = "performed"
     sampled: bool = True           # some stems played by the sample player (real piano samples, more banks)
     ensembles: list[str] = field(default_factory=list)  # only these ensemble types (e.g. solo_piano); default: all
+    recorded: float = 0.0          # non-piano stems played by a recorded instrument when one plays the part
+    legato: bool = False           # sampled bowed / wind notes followed at once by the next stop without a tail
+    reverb: float = 0.7            # renders with the synthesiser's / sampler's artificial reverb (0: dry, the
+                                   # room comes from augment_audio's realistic set alone)
 
 
 # ----------------------------------------------------------------------------------------------- pieces
@@ -409,8 +413,8 @@ def group_value(record: dict, field: str) -> str:
     return recording_kind(record) if field == "kind" else str(record.get(field, "(none)"))
 
 
-def draw_effects(rng: np.random.Generator) -> dict:
-    reverb = rng.random() < 0.7
+def draw_effects(rng: np.random.Generator, p_reverb: float = 0.7) -> dict:
+    reverb = rng.random() < p_reverb
     room = {"synth.reverb.room-size": round(rng.uniform(0.1, 0.9), 2), "synth.reverb.damp": round(rng.uniform(0, 0.8), 2),
             "synth.reverb.width": round(rng.uniform(0.5, 1.0), 2), "synth.reverb.level": round(rng.uniform(0.2, 0.9), 2)}
     return {"reverb": room if reverb else None, "chorus": bool(rng.random() < 0.3)}
@@ -430,12 +434,18 @@ SAMPLED_PIANO = 0.6   # piano stems played by the Salamander grand's recorded sa
 SAMPLED_OTHER = 0.35  # other stems played by the sampler from any SoundFont bank found (more timbres per family)
 
 
-def pick_sampled_preset(program: int, rng: np.random.Generator, samples_dir: str = SAMPLES_DIR):
+def pick_sampled_preset(program: int, rng: np.random.Generator, samples_dir: str = SAMPLES_DIR,
+                        recorded: float = 0.0):
     """A sampler preset for the stem of ``program`` (0-based), or None for FluidSynth: the Salamander grand for
-    pianos (real recordings, four velocity layers), otherwise a preset of any bank found, GS variations included."""
+    pianos (real recordings, four velocity layers); with probability ``recorded`` the recorded instrument that
+    plays ``program`` (sampler.REAL_INSTRUMENTS); otherwise a preset of any bank found, GS variations included."""
     from training.data import sampler
     if not os.path.isdir(samples_dir):
         return None
+    if program != 0 and recorded > 0 and rng.random() < recorded:
+        real = sampler.recorded_presets(samples_dir, program)
+        if real:
+            return real[int(rng.integers(len(real)))]
     if program == 0:
         if rng.random() >= SAMPLED_PIANO:
             return None
@@ -448,11 +458,13 @@ def pick_sampled_preset(program: int, rng: np.random.Generator, samples_dir: str
 
 
 def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str,
-                 rng: np.random.Generator | None = None) -> tuple[list[np.ndarray], list[str]]:
+                 rng: np.random.Generator | None = None, recorded: float = 0.0,
+                 legato: bool = False) -> tuple[list[np.ndarray], list[str]]:
     """One stereo (samples, 2) float32 array per instrument of ``arranged``, all the same length: the mix
     is their sum (FluidSynth is linear per voice, effects included), and each stem is a solo recording.
     With ``rng``, some stems are played by the sample player (training/data/sampler.py) instead: real piano
-    samples and other banks' presets, with a synthetic room when the render has reverb. Also returns the
+    samples, recorded instruments (with probability ``recorded``) and other banks' presets, with a synthetic
+    room when the render has reverb (``legato``: sampler.render_notes' short release between joined notes). Also returns the
     source of each stem (soundfont file name or sampler preset)."""
     import copy
 
@@ -462,10 +474,10 @@ def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str,
     from training.data.sampler import render_notes
     stems, sources = [], []
     for k, inst in enumerate(arranged.instruments):
-        preset = pick_sampled_preset(inst.program, rng) if rng is not None else None
+        preset = pick_sampled_preset(inst.program, rng, recorded=recorded) if rng is not None else None
         if preset is not None:
             notes = [(n.start, n.end, n.pitch, n.velocity) for n in inst.notes]
-            y, _ = render_notes(notes, preset, MUSICNET_RATE, rng)
+            y, _ = render_notes(notes, preset, MUSICNET_RATE, rng, legato=legato)
             if fx["reverb"]:
                 y = add_reverb(y, MUSICNET_RATE, rng)
             y = (y * 0.3).astype(np.float32)  # about FluidSynth's level at gain 0.5
@@ -564,8 +576,9 @@ def render_piece(task: tuple) -> list[dict]:
             if not rows:
                 continue
             soundfont = cfg.soundfonts[rng.integers(len(cfg.soundfonts))]
-            fx = draw_effects(rng)
-            stems, sources = render_stems(arranged, soundfont, fx, tmp, f"v{v}", rng if cfg.sampled else None)
+            fx = draw_effects(rng, cfg.reverb)
+            stems, sources = render_stems(arranged, soundfont, fx, tmp, f"v{v}", rng if cfg.sampled else None,
+                                          cfg.recorded, cfg.legato)
             sr = MUSICNET_RATE
             # Stereo -> mono as a microphone somewhere between the two channels would hear it.
             a = rng.uniform(0.2, 0.8)
@@ -700,8 +713,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-sampled", action="store_true", help="FluidSynth only (no sample player stems)")
     ap.add_argument("--ensemble", action="append", dest="ensembles", choices=sorted(ENSEMBLES),
                     help="repeatable: only these ensemble types (e.g. solo_piano for a piano split)")
+    ap.add_argument("--recorded", type=float, default=d.recorded,
+                    help="probability that a non-piano stem is played by the recorded instrument of its part "
+                         "(violin, cello, flute, clarinet, saxophone, bassoon, horn, ...: sampler.REAL_INSTRUMENTS)")
+    ap.add_argument("--reverb", type=float, default=d.reverb,
+                    help="fraction of renders with artificial reverb (0 for dry renders that a simulated room "
+                         "is added to later)")
+    ap.add_argument("--legato", action="store_true",
+                    help="sampled bowed and wind notes that the next note follows within 50 ms stop at once "
+                         "(-20 dB in 6-18 ms) instead of ringing under it, as slurred and tongued notes do")
     a = ap.parse_args(argv)
-    cfg = RenderConfig(offsets=a.offsets, sampled=not a.no_sampled, ensembles=a.ensembles or [], out=a.out, hours=a.hours, test_fraction=a.test_fraction, variants=a.variants, solo_fraction=a.solo_fraction, only_split=a.only_split,
+    cfg = RenderConfig(legato=a.legato, reverb=a.reverb, recorded=a.recorded, offsets=a.offsets, sampled=not a.no_sampled, ensembles=a.ensembles or [], out=a.out, hours=a.hours, test_fraction=a.test_fraction, variants=a.variants, solo_fraction=a.solo_fraction, only_split=a.only_split,
                        test_hours=a.test_hours, skip=a.skip, seed=a.seed, first_variant=a.first_variant,
                        workers=a.workers, max_seconds=a.max_seconds, soundfonts=a.soundfonts or d.soundfonts,
                        pieces=a.pieces or [])

