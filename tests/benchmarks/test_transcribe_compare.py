@@ -105,10 +105,11 @@ def test_compare_plain_folder_and_musicnet_layout(tmp_path, capsys):
     for s in tc.SYSTEMS:
         assert allm[s]["notes_ref"] == 4  # notes starting before the 3 s crop
         assert allm[s]["note_f1"] > MIN_NOTE_F1[s], (s, allm[s])
-    # labels with velocities: Basic Pitch's notes carry one (its MIDI's), and so do the project's (v5 and later)
+    # labels with velocities: Basic Pitch's notes carry one (its MIDI's), and so do the project's (v4 and later)
     assert 0.0 < allm["basic_pitch"]["note_velocity_f1"] <= allm["basic_pitch"]["note_f1"] + 1e-9
     if "velocity" in tc.load_checkpoint(str(tc.DEFAULT_CHECKPOINT))[0].heads:
-        assert 0.0 < allm["project"]["note_velocity_f1"] <= allm["project"]["note_f1"] + 1e-9
+        # the tones are equally loud while the labels' velocities differ: any F1 from 0 up is honest here
+        assert 0.0 <= allm["project"]["note_velocity_f1"] <= allm["project"]["note_f1"] + 1e-9
 
 
 def test_note_errors_classify_false_notes_and_measure_offsets():

@@ -312,11 +312,14 @@ def test_protocol_is_documented(onset_ckpts):
         assert "/transcribe/stream" in client.get("/openapi.json").json()["paths"]
 
 
-def test_note_transcriber_streamed_equals_post(onset_ckpts, tmp_path):
-    """The real note architecture (small, random weights, zero-padded head): streamed frames == POST frames."""
+@pytest.mark.parametrize("extra", [{}, {"fine_pitch": True, "level_velocity": [0.15, -30.0]}],
+                         ids=["frame+onset", "bend+velocity"])
+def test_note_transcriber_streamed_equals_post(onset_ckpts, tmp_path, extra):
+    """The real note architecture (small, random weights, zero-padded head): streamed frames == POST frames, and
+    streamed notes == POST notes, velocity (read off the attack, 3 frames of look-ahead) included."""
     from models.checkpoint import save_checkpoint
     torch.manual_seed(0)
-    cfg = {"frames_per_window": 40, "channels": 4, "hidden": 8, "output_bias": [0.0, 0.0]}
+    cfg = {"frames_per_window": 40, "channels": 4, "hidden": 8, "output_bias": [0.0, 0.0], **extra}
     model = build_model("complex_note_transcriber", cfg)
     with torch.no_grad():
         model.key_bias.normal_(0, 2)
@@ -336,6 +339,8 @@ def test_note_transcriber_streamed_equals_post(onset_ckpts, tmp_path):
     np.testing.assert_allclose(probs, offline["probabilities"], atol=1.001e-3)
     np.testing.assert_allclose(onsets, offline["onsets"], atol=1.001e-3)
     assert msgs[-1]["notes"] == offline["notes"]
+    if "level_velocity" in extra:
+        assert offline["notes"] and all(1 <= n["velocity"] <= 127 for n in offline["notes"])
 
 
 def test_shutdown_flushes_and_closes_with_1001(onset_ckpts):
