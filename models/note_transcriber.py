@@ -20,9 +20,9 @@
   ``bend``, that nothing learns: where between its neighbours each key's spectral peak lies, read off the
   complex front end at a third of a semitone per bin (parabolic interpolation of the log power), as
   semitones + 0.5 in [0, 1]; the pitch bends of vibrato and glides written into MIDI. With
-  ``level_velocity`` (v5) a ``velocity`` output that nothing learns either: the level of each key's
+  ``level_velocity`` (v4 since its velocity fit) a ``velocity`` output that nothing learns either: the level of each key's
   first four harmonics at its attack, mapped to velocity / 127 by a logistic curve fitted on renders whose
-  velocities are known (scripts/fit_velocity.py). A learned velocity head (v3) did not learn.
+  velocities are known (training/velocity.py). A learned velocity head (v3) did not learn.
 * **Calibration.** An affine map of each head's logits, fitted after training on a realistic
   validation split (``training.musicnet calibrate``), so that probabilities mean what they say and
   the decoding thresholds stored with the model (``decoding``) are the best-F1 ones.
