@@ -80,6 +80,8 @@ def test_recorded_instruments_play_the_named_key_and_start_when_labelled(dest, p
     assert p.bank == "tonejs" and p.program == program
     assert p not in sampler.load_presets(dest, program)  # old renders draw from the same presets as before
     assert any(q.bank == "tonejs" for q in sampler.load_presets(dest, program, recorded=True))
+    held = [n for n, (_, progs) in sampler.REAL_INSTRUMENTS.items() if program in progs]
+    assert sampler.recorded_presets(dest, program, exclude=tuple(held)) == []  # render --hold-out
     for k in pitches:
         assert abs(sampler.pitch_error(p, k, SR)) < 0.5
         y, _ = sampler.render_notes([(0.0, 0.5, k, 100)], p, SR, None, vibrato=False, brightness=False)
@@ -119,3 +121,59 @@ def test_legato_notes_stop_under_the_next_note_and_rests_keep_their_release():
     ringing, _ = sampler.render_notes(notes, clarinet, sr, np.random.default_rng(0), vibrato=False)
     assert a4_after(joined, 0.5) < 0.3 * a4_after(ringing, 0.5)
     assert a4_after(joined, 2.0) == pytest.approx(a4_after(ringing, 2.0), rel=1e-3)  # a rest follows: unchanged
+
+
+def test_slurred_notes_enter_without_their_attack_and_change_nothing_else():
+    """With ``slur=1`` a joined wind note is the change of pitch alone: no attack burst at its start, its pitch
+    sounding within 40 ms; the first note keeps its attack and the rest of the render is the same draw."""
+    sr = 8000
+    t = np.arange(4 * sr) / sr
+    burst = np.random.default_rng(1).standard_normal(len(t)) * (t < 0.08)  # a breathy 80 ms attack
+    data = (np.sin(2 * np.pi * 440 * t) * 0.5 + burst).astype(np.float32)
+    zone = sampler.Zone(lokey=0, hikey=127, lovel=1, hivel=127, data=data, sr=sr, root_key=69.0, tune=0.0)
+    clarinet = sampler.Preset(name="sine+burst", bank="test", program=71, zones=[zone])
+    notes = [(0.0, 0.5, 69, 100), (0.5, 1.0, 74, 100), (1.6, 2.0, 69, 100)]
+
+    def render(slur: float) -> np.ndarray:
+        y, _ = sampler.render_notes(notes, clarinet, sr, np.random.default_rng(0), vibrato=False, brightness=False,
+                                    legato=True, slur=slur)
+        return y
+
+    def noise(y: np.ndarray, at: float) -> float:  # energy away from the two notes' pitches, 0-60 ms after ``at``
+        spec = np.abs(np.fft.rfft(y[int(at * sr): int((at + 0.06) * sr)]))
+        f = np.fft.rfftfreq(int(0.06 * sr), 1 / sr)
+        return float(np.sum(spec[(f > 1500)] ** 2))
+
+    attacked, slurred = render(0.0), render(1.0)
+    assert noise(slurred, 0.5) < 0.1 * noise(attacked, 0.5)
+    assert noise(slurred, 0.0) == pytest.approx(noise(attacked, 0.0))          # the first note keeps its attack
+    assert noise(slurred, 1.6) == pytest.approx(noise(attacked, 1.6))          # after a rest: re-attacked
+    np.testing.assert_array_equal(slurred[: int(0.45 * sr)], attacked[: int(0.45 * sr)])
+    seg = slurred[int(0.54 * sr): int(0.7 * sr)]
+    f = np.fft.rfftfreq(len(seg), 1 / sr)
+    assert abs(f[np.argmax(np.abs(np.fft.rfft(seg)))] - 440 * 2 ** (5 / 12)) < 15  # D5 sounds at once
+
+
+def test_expression_changes_the_level_of_held_bowed_and_wind_notes_only():
+    """``expression``: a held violin note swells or fades and trembles (and some long ones change bow) at an
+    unchanged pitch; a piano note is untouched; after the note end the gain holds where the note ended."""
+    sr = 8000
+    t = np.arange(4 * sr) / sr
+    zone = sampler.Zone(lokey=0, hikey=127, lovel=1, hivel=127, data=np.sin(2 * np.pi * 440 * t).astype(np.float32),
+                        sr=sr, root_key=69.0, tune=0.0, looped=True, loop_start=0, loop_end=4 * sr)
+    notes = [(0.0, 2.5, 69, 100)]
+
+    def level_db(program: int, expression: bool) -> np.ndarray:
+        preset = sampler.Preset(name="sine", bank="test", program=program, zones=[zone])
+        y, _ = sampler.render_notes(notes, preset, sr, np.random.default_rng(0), vibrato=False, brightness=False,
+                                    expression=expression)
+        hop = sr // 100
+        return 10 * np.log10(np.square(y[: 250 * hop]).reshape(250, hop).mean(axis=1) + 1e-12)
+
+    change = level_db(40, True) - level_db(40, False)
+    assert np.ptp(change[30:220]) > 1.0 and np.abs(change).max() < 20
+    np.testing.assert_allclose(level_db(0, True), level_db(0, False))  # piano: no expression
+    gains = [sampler.note_expression(3 * sr, sr, 2.0, True, 5.5, np.random.default_rng(s)) for s in range(20)]
+    assert all(np.all(g[2 * sr + 1:] == g[2 * sr + 1]) for g in gains)
+    dips = [20 * np.log10(g[: 2 * sr].max() / g[: 2 * sr].min()) for g in gains]
+    assert max(dips) > 10  # some bow changes

@@ -109,6 +109,9 @@ class RenderConfig:
     ensembles: list[str] = field(default_factory=list)  # only these ensemble types (e.g. solo_piano); default: all
     recorded: float = 0.0          # non-piano stems played by a recorded instrument when one plays the part
     legato: bool = False           # sampled bowed / wind notes followed at once by the next stop without a tail
+    slur: float = 0.0              # with legato: probability that such a following note is slurred (no attack)
+    expression: bool = False       # sampled bowed / wind notes swell, fade, tremble and change bow while held
+    hold_out: list[str] = field(default_factory=list)  # recorded instruments never played (kept for test splits)
     reverb: float = 0.7            # renders with the synthesiser's / sampler's artificial reverb (0: dry, the
                                    # room comes from augment_audio's realistic set alone)
 
@@ -435,15 +438,16 @@ SAMPLED_OTHER = 0.35  # other stems played by the sampler from any SoundFont ban
 
 
 def pick_sampled_preset(program: int, rng: np.random.Generator, samples_dir: str = SAMPLES_DIR,
-                        recorded: float = 0.0):
+                        recorded: float = 0.0, hold_out: tuple[str, ...] = ()):
     """A sampler preset for the stem of ``program`` (0-based), or None for FluidSynth: the Salamander grand for
     pianos (real recordings, four velocity layers); with probability ``recorded`` the recorded instrument that
-    plays ``program`` (sampler.REAL_INSTRUMENTS); otherwise a preset of any bank found, GS variations included."""
+    plays ``program`` (sampler.REAL_INSTRUMENTS, less those named in ``hold_out``); otherwise a preset of any bank
+    found, GS variations included."""
     from training.data import sampler
     if not os.path.isdir(samples_dir):
         return None
     if program != 0 and recorded > 0 and rng.random() < recorded:
-        real = sampler.recorded_presets(samples_dir, program)
+        real = sampler.recorded_presets(samples_dir, program, hold_out)
         if real:
             return real[int(rng.integers(len(real)))]
     if program == 0:
@@ -459,13 +463,14 @@ def pick_sampled_preset(program: int, rng: np.random.Generator, samples_dir: str
 
 def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str,
                  rng: np.random.Generator | None = None, recorded: float = 0.0,
-                 legato: bool = False) -> tuple[list[np.ndarray], list[str]]:
+                 legato: bool = False, slur: float = 0.0, expression: bool = False,
+                 hold_out: tuple[str, ...] = ()) -> tuple[list[np.ndarray], list[str]]:
     """One stereo (samples, 2) float32 array per instrument of ``arranged``, all the same length: the mix
     is their sum (FluidSynth is linear per voice, effects included), and each stem is a solo recording.
     With ``rng``, some stems are played by the sample player (training/data/sampler.py) instead: real piano
     samples, recorded instruments (with probability ``recorded``) and other banks' presets, with a synthetic
-    room when the render has reverb (``legato``: sampler.render_notes' short release between joined notes). Also returns the
-    source of each stem (soundfont file name or sampler preset)."""
+    room when the render has reverb (``legato``, ``slur``, ``expression``: sampler.render_notes' short release between
+    joined notes, slurs, and notes that change level while held). Also returns the source of each stem (soundfont file name or sampler preset)."""
     import copy
 
     import soundfile as sf
@@ -474,10 +479,10 @@ def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str,
     from training.data.sampler import render_notes
     stems, sources = [], []
     for k, inst in enumerate(arranged.instruments):
-        preset = pick_sampled_preset(inst.program, rng, recorded=recorded) if rng is not None else None
+        preset = pick_sampled_preset(inst.program, rng, recorded=recorded, hold_out=hold_out) if rng is not None else None
         if preset is not None:
             notes = [(n.start, n.end, n.pitch, n.velocity) for n in inst.notes]
-            y, _ = render_notes(notes, preset, MUSICNET_RATE, rng, legato=legato)
+            y, _ = render_notes(notes, preset, MUSICNET_RATE, rng, legato=legato, slur=slur, expression=expression)
             if fx["reverb"]:
                 y = add_reverb(y, MUSICNET_RATE, rng)
             y = (y * 0.3).astype(np.float32)  # about FluidSynth's level at gain 0.5
@@ -578,7 +583,7 @@ def render_piece(task: tuple) -> list[dict]:
             soundfont = cfg.soundfonts[rng.integers(len(cfg.soundfonts))]
             fx = draw_effects(rng, cfg.reverb)
             stems, sources = render_stems(arranged, soundfont, fx, tmp, f"v{v}", rng if cfg.sampled else None,
-                                          cfg.recorded, cfg.legato)
+                                          cfg.recorded, cfg.legato, cfg.slur, cfg.expression, tuple(cfg.hold_out))
             sr = MUSICNET_RATE
             # Stereo -> mono as a microphone somewhere between the two channels would hear it.
             a = rng.uniform(0.2, 0.8)
@@ -688,6 +693,7 @@ def render(cfg: RenderConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from training.data import sampler
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     d = RenderConfig()
     ap.add_argument("--out", default=d.out)
@@ -722,8 +728,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--legato", action="store_true",
                     help="sampled bowed and wind notes that the next note follows within 50 ms stop at once "
                          "(-20 dB in 6-18 ms) instead of ringing under it, as slurred and tongued notes do")
+    ap.add_argument("--hold-out", action="append", default=[], choices=sorted(sampler.REAL_INSTRUMENTS),
+                    help="repeatable: a recorded instrument never played here (train without the timbres a test split "
+                         "plays, so that split measures timbres the model never heard)")
+    ap.add_argument("--expression", action="store_true",
+                    help="sampled bowed and wind notes change level while they sound: swells and fades, tremolo, "
+                         "bow changes (sampler.note_expression); one note, as real annotations mark it")
+    ap.add_argument("--slur", type=float, default=d.slur,
+                    help="with --legato: probability that such a following note is slurred: no attack of its own, "
+                         "only the change of pitch (as most of a real wind or string phrase)")
     a = ap.parse_args(argv)
-    cfg = RenderConfig(legato=a.legato, reverb=a.reverb, recorded=a.recorded, offsets=a.offsets, sampled=not a.no_sampled, ensembles=a.ensembles or [], out=a.out, hours=a.hours, test_fraction=a.test_fraction, variants=a.variants, solo_fraction=a.solo_fraction, only_split=a.only_split,
+    cfg = RenderConfig(legato=a.legato, slur=a.slur, expression=a.expression, hold_out=a.hold_out, reverb=a.reverb, recorded=a.recorded, offsets=a.offsets, sampled=not a.no_sampled, ensembles=a.ensembles or [], out=a.out, hours=a.hours, test_fraction=a.test_fraction, variants=a.variants, solo_fraction=a.solo_fraction, only_split=a.only_split,
                        test_hours=a.test_hours, skip=a.skip, seed=a.seed, first_variant=a.first_variant,
                        workers=a.workers, max_seconds=a.max_seconds, soundfonts=a.soundfonts or d.soundfonts,
                        pieces=a.pieces or [])

@@ -28,7 +28,8 @@ Samples are decoded once (ogg inside .sf3, mp3 for Salamander) and cached as .np
 are resampled by the pitch ratio (linear interpolation, time-varying for vibrato), looped between the
 loop points while the note is held (non-looped samples such as the piano play out), shaped by an
 attack/hold/decay/sustain envelope and a release after the note end, scaled by velocity (optionally
-darker at low velocity), and mixed. It also returns each note's audible end (where the rendered note has
+darker at low velocity), and mixed. As players do, joined bowed and wind notes can stop at once (legato),
+enter without an attack (slurs) and change level while held (expression). It also returns each note's audible end (where the rendered note has
 fallen 40 dB below its peak), for labels that follow the release tail.
 """
 from __future__ import annotations
@@ -389,8 +390,25 @@ def _load_pcm(path: Path) -> np.ndarray:
 _NOTE = {"C": 0, "C#": 1, "D": 2, "D#": 3, "E": 4, "F": 5, "F#": 6, "G": 7, "G#": 8, "A": 9, "A#": 10, "B": 11}
 
 
-def _salamander(dest: Path) -> Preset | None:
+def _read_mono(path: Path) -> tuple[np.ndarray, int, float]:
+    """A sample file as mono float32, its rate and peak, cut where it falls below -75 dB of its peak for good
+    (the encoder's padding and the room's last whisper)."""
     import soundfile as sf
+    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    x = x.mean(axis=1)
+    peak = float(np.abs(x).max()) or 1.0
+    loud = np.flatnonzero(np.abs(x) > 10 ** (-75 / 20) * peak)
+    return x[: loud[-1] + 1 if len(loud) else len(x)], sr, peak
+
+
+def _key_ranges(keys: list[int], lowest: int, highest: int) -> list[tuple[int, int]]:
+    """(lokey, hikey) of each of the sorted, distinct sampled ``keys``: a key is played by the nearest
+    sample (the lower one on a tie), the outermost samples stretch to ``lowest`` and ``highest``."""
+    return [(lowest if i == 0 else (keys[i - 1] + k) // 2 + 1, highest if i == len(keys) - 1 else (k + keys[i + 1]) // 2)
+            for i, k in enumerate(keys)]
+
+
+def _salamander(dest: Path) -> Preset | None:
     files = []
     for layer in SALAMANDER_LAYERS:
         d = _pkg_dir(dest, f"@audio-samples/piano-mp3-velocity{layer}", PACKAGES[
@@ -402,23 +420,16 @@ def _salamander(dest: Path) -> Preset | None:
     if not files:
         return None
     keys = sorted({k for k, _, _ in files})
+    ranges = dict(zip(keys, _key_ranges(keys, 21, 108)))
     zones = []
     for key, layer, p in files:
-        i = keys.index(key)
-        lo = 21 if i == 0 else (keys[i - 1] + key) // 2 + 1
-        hi = 108 if i == len(keys) - 1 else (key + keys[i + 1]) // 2
+        lo, hi = ranges[key]
         cache = dest / "cache" / "salamander" / (p.stem.replace("#", "s") + ".npy")
-        if cache.exists():
-            x = _load_pcm(cache)
-        else:
-            x, _sr = sf.read(str(p), dtype="float32", always_2d=True)
-            x = x.mean(axis=1)
-            peak = float(np.abs(x).max()) or 1.0
+        if not cache.exists():
+            x, _sr, peak = _read_mono(p)
             on = int(np.argmax(np.abs(x) > 0.01 * peak))      # mp3 encoder delay and pre-roll
-            loud = np.flatnonzero(np.abs(x) > 10 ** (-75 / 20) * peak)
-            x = np.ascontiguousarray(x[max(0, on - 64): loud[-1] + 1 if len(loud) else len(x)])
-            _save_pcm(cache, x)
-            x = _load_pcm(cache)
+            _save_pcm(cache, np.ascontiguousarray(x[max(0, on - 64):]))
+        x = _load_pcm(cache)
         lv, hv = SALAMANDER_VEL[layer]
         zones.append(Zone(lokey=lo, hikey=hi, lovel=lv, hivel=hv, data=x, sr=44100, root_key=float(key), tune=0.0))
     return Preset(name="Salamander Grand Piano V3", bank="Salamander", program=0, zones=zones)
@@ -462,7 +473,6 @@ def _checked_key(x: np.ndarray, named: int, sr: int) -> float | None:
 def _recorded_instrument(dest: Path, name: str) -> Preset | None:
     import json
 
-    import soundfile as sf
     version, programs = REAL_INSTRUMENTS[name]
     d = _pkg_dir(dest, f"tonejs-instrument-{name}-mp3", version) / "package"
     cache_dir = dest / "cache" / "tonejs" / name
@@ -475,11 +485,8 @@ def _recorded_instrument(dest: Path, name: str) -> Preset | None:
         if cache.exists() and meta.exists():
             key = json.loads(meta.read_text())["key"]
         else:
-            x, sr = sf.read(str(p), dtype="float32", always_2d=True)
-            x = x.mean(axis=1)
-            peak = float(np.abs(x).max()) or 1.0
-            loud = np.flatnonzero(np.abs(x) > 10 ** (-75 / 20) * peak)
-            x = np.ascontiguousarray(x[max(0, _attack_start(x, sr)): loud[-1] + 1 if len(loud) else len(x)]) / peak
+            x, sr, peak = _read_mono(p)
+            x = np.ascontiguousarray(x[_attack_start(x, sr):]) / peak
             key = _checked_key(x, named, sr) if sr == 44100 else None
             _save_pcm(cache, x)
             meta.write_text(json.dumps({"named": named, "key": key}))
@@ -488,23 +495,22 @@ def _recorded_instrument(dest: Path, name: str) -> Preset | None:
     if not found:
         return None
     found.sort()
-    keys = [round(k) for k, _ in found]
-    zones = []
-    for i, (key, cache) in enumerate(found):
-        if i and keys[i] == keys[i - 1]:
-            continue
-        lo = 0 if i == 0 else (keys[i - 1] + keys[i]) // 2 + 1
-        hi = 127 if i == len(found) - 1 else (keys[i] + keys[i + 1]) // 2
-        zones.append(Zone(lokey=lo, hikey=hi, lovel=1, hivel=127, data=_load_pcm(cache), sr=44100,
-                          root_key=float(key), tune=0.0))
+    distinct = {}  # two samples that round to one key: the first (flatter) plays it
+    for key, cache in found:
+        distinct.setdefault(round(key), (key, cache))
+    keys = sorted(distinct)
+    zones = [Zone(lokey=lo, hikey=hi, lovel=1, hivel=127, data=_load_pcm(distinct[k][1]), sr=44100,
+                  root_key=float(distinct[k][0]), tune=0.0)
+             for k, (lo, hi) in zip(keys, _key_ranges(keys, 0, 127))]
     return Preset(name=f"{name} (recorded)", bank="tonejs", program=programs[0], zones=zones)
 
 
-def recorded_presets(dest: str, program: int) -> list[Preset]:
-    """The recorded instrument (tonejs collection) that plays GM ``program``, if one was fetched."""
+def recorded_presets(dest: str, program: int, exclude: tuple[str, ...] = ()) -> list[Preset]:
+    """The recorded instrument (tonejs collection) that plays GM ``program``, if one was fetched and its name
+    is not in ``exclude`` (instruments held out of training, so a test split can play timbres never heard)."""
     out = []
     for name, (_, programs) in REAL_INSTRUMENTS.items():
-        if program in programs:
+        if program in programs and name not in exclude:
             p = _recorded_preset(dest, name)
             if p is not None:
                 out.append(Preset(name=p.name, bank=p.bank, program=program, zones=p.zones))
@@ -580,23 +586,25 @@ def _pick_zones(preset: Preset, pitch: int, vel: int) -> list[Zone]:
     return zs
 
 
-def _voice(z: Zone, pitch: float, n_out: int, sr: int, vib: tuple | None) -> np.ndarray:
-    """The zone's sample at ``pitch``, ``n_out`` output samples long (shorter if a one-shot ends)."""
+def _voice(z: Zone, pitch: float, n_out: int, sr: int, vib: tuple | None, skip: float = 0.0) -> np.ndarray:
+    """The zone's sample at ``pitch``, ``n_out`` output samples long (shorter if a one-shot ends), read
+    from ``skip`` seconds into the recording (a slurred note enters its tone past the attack)."""
     semis = (pitch - z.root_key) * z.scale + z.tune
     ratio = 2.0 ** (semis / 12.0) * z.sr / sr
     n = len(z.data)
+    first = min(skip * z.sr, max(n - 2 - ratio, 0.0))
     if not z.looped:
-        n_out = min(n_out, int((n - 2) / ratio))
+        n_out = min(n_out, int((n - 2 - first) / ratio))
     if n_out <= 0:
         return np.zeros(0, np.float32)
     if vib is None:
-        pos = np.arange(n_out, dtype=np.float64) * ratio
+        pos = first + np.arange(n_out, dtype=np.float64) * ratio
     else:
         rate, depth_cents, delay, phase = vib
         t = np.arange(n_out, dtype=np.float64) / sr
         ramp = np.clip((t - delay) / 0.3, 0.0, 1.0)
         step = ratio * np.exp2(depth_cents / 1200.0 * ramp * np.sin(2 * np.pi * rate * t + phase))
-        pos = np.cumsum(step) - step[0]
+        pos = first + np.cumsum(step) - step[0]
     if not z.looped:  # vibrato reads ahead of the plain pitch ratio: a one-shot may run out a little earlier
         pos = pos[: int(np.searchsorted(pos, n - 1.001))]
     if z.looped:
@@ -630,6 +638,24 @@ def _envelope(n: int, sr: int, dur: float, attack: float, hold: float, decay: fl
     return amp
 
 
+def note_expression(n: int, sr: int, dur: float, bowed: bool, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Gain (n samples) of a played sustained note: a swell or a fade across the note (-4..+6 dB at its middle,
+    -6..+4 dB from its start to its end), tremolo of 0.5-2.5 dB at the vibrato's rate, and on a bowed note
+    over 1.2 s, in 40 % of them, a bow change: a 30-80 ms dip of 6-14 dB somewhere in its middle. None of
+    these is a new note: real annotations (scores aligned to performances) mark one note through them all,
+    and a transcriber must not cut it in two (the fragments that cost the issue's real solos)."""
+    t = np.arange(n, dtype=np.float32) / sr
+    u = np.clip(t / max(dur, 1e-3), 0.0, 1.0)
+    db = rng.uniform(-4, 6) * np.sin(np.pi * u) + rng.uniform(-6, 4) * (u - 0.5)
+    db += rng.uniform(0.5, 2.5) * np.clip((t - 0.2) / 0.3, 0, 1) * np.sin(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi))
+    if bowed and dur > 1.2 and rng.random() < 0.4:
+        at, width = rng.uniform(0.3, 0.7) * dur, rng.uniform(0.03, 0.08)
+        near = np.abs(t - at) < width / 2
+        db[near] -= rng.uniform(6, 14) * 0.5 * (1 + np.cos(2 * np.pi * (t[near] - at) / width))
+    db[t > dur] = db[min(int(dur * sr), n - 1)]  # the release keeps the level the note ended at
+    return np.power(np.float32(10.0), (db / 20.0).astype(np.float32))
+
+
 def _audible_end(y: np.ndarray, sr: int, drop_db: float = 40.0) -> float:
     hop = max(1, sr // 100)
     m = len(y) // hop
@@ -645,7 +671,8 @@ def _audible_end(y: np.ndarray, sr: int, drop_db: float = 40.0) -> float:
 
 def render_notes(notes, preset: Preset, sr: int = 44100, rng: np.random.Generator | None = None, *,
                  vibrato: bool | None = None, brightness: bool = True,
-                 release: float | None = None, legato: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 release: float | None = None, legato: bool = False,
+                 slur: float = 0.0, expression: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Render ``notes`` (iterable of (start_s, end_s, midi_pitch, velocity 1-127)) with ``preset``.
 
     Returns (mono float32 audio at ``sr``, audible end in seconds per note: where that note's sound has
@@ -655,7 +682,15 @@ def render_notes(notes, preset: Preset, sr: int = 44100, rng: np.random.Generato
     100 dB of release, overriding the preset's and the defaults. ``legato``: a bowed or wind note that the next
     note of the part follows within 50 ms stops as players stop it, in 100 dB per 30 % of the default release
     (-20 dB in 6-18 ms), instead of ringing under the next note: a slur or a tongued run changes the sounding
-    pitch at once, and a release tail under every following note taught both systems to end notes late."""
+    pitch at once, and a release tail under every following note taught both systems to end notes late.
+    ``slur`` (with ``legato`` and ``rng``): the probability that such a joined note is slurred: it enters
+    without an attack of its own, read from 120-300 ms into its sample and faded in over 10-35 ms while the
+    previous note stops, so the only sign of the new note is the change of pitch. Real solo wind and string
+    playing slurs much of every phrase; a model that has only heard re-attacked notes waits for an attack
+    that never comes (the onsets missed on the issue's real solos).
+    ``expression`` (with ``rng``): bowed and wind notes change level while they sound, as played ones do
+    (``note_expression``): a swell or fade, tremolo with the vibrato, and on long bowed notes sometimes a
+    bow change. A sample held at one level teaches that any change of level is a new note."""
     notes = [(float(s), float(e), int(p), int(v)) for s, e, p, v in notes]
     fam = preset.family
     draw = (lambda a, b: float(rng.uniform(a, b))) if rng is not None else (lambda a, b: (a + b) / 2)
@@ -670,6 +705,17 @@ def render_notes(notes, preset: Preset, sr: int = 44100, rng: np.random.Generato
         for j, (start, end, _, _) in enumerate(notes):
             k = int(np.searchsorted(starts, start, side="right"))
             followed[j] = k < len(starts) and starts[k] - end < 0.05
+    slurred = np.zeros(len(notes), bool)
+    if slur > 0 and rng is not None and followed.any():
+        # Its own generator, seeded by the notes: ``rng`` stays untouched, so a render with slurs differs from
+        # the same render without them in the slurs alone (a paired comparison).
+        srng = np.random.default_rng([len(notes), sum(n[2] for n in notes), int(1000 * notes[0][0])])
+        order = sorted(range(len(notes)), key=lambda j: notes[j][0])
+        for a, b in zip(order, order[1:]):
+            # a chord tone starting with its neighbour is not a slur
+            if followed[a] and notes[b][0] - notes[a][0] > 0.05 and srng.random() < slur:
+                slurred[b] = True
+        skips, fades = srng.uniform(0.12, 0.3, len(notes)), srng.uniform(0.01, 0.035, len(notes))
     chunks = []
     ends = np.zeros(len(notes), np.float64)
     total = 0
@@ -677,6 +723,7 @@ def render_notes(notes, preset: Preset, sr: int = 44100, rng: np.random.Generato
         vel = int(min(127, max(1, vel)))
         dur = max(end - start, 0.01)
         zs = _pick_zones(preset, pitch, vel)
+        skip, fade_in = (float(skips[j]), float(fades[j])) if slurred[j] else (0.0, 0.0)
         note = None
         for z in zs:
             if release is not None:
@@ -693,10 +740,15 @@ def render_notes(notes, preset: Preset, sr: int = 44100, rng: np.random.Generato
             vib = None
             if vibrato and dur > 0.25:
                 vib = (vib_rate, vib_depth, draw(0.15, 0.35), draw(0, 2 * np.pi))
-            y = _voice(z, pitch, n, sr, vib)
+            y = _voice(z, pitch, n, sr, vib, skip)
             if len(y) == 0:
                 continue
-            env = _envelope(len(y), sr, dur, max(z.attack, 0.003), z.hold, z.decay, z.sustain_db, rel)
+            if skip:  # past the attack: no hold or decay left, only the fade in from the previous note
+                env = _envelope(len(y), sr, dur, fade_in, 0.0, 0.0, 0.0, rel)
+                if z.decay > 0:
+                    env *= np.float32(10 ** (-z.sustain_db / 20))
+            else:
+                env = _envelope(len(y), sr, dur, max(z.attack, 0.003), z.hold, z.decay, z.sustain_db, rel)
             y *= env * np.float32(10 ** (-z.atten_db / 20))
             if note is None:
                 note = y
@@ -708,6 +760,9 @@ def render_notes(notes, preset: Preset, sr: int = 44100, rng: np.random.Generato
             ends[j] = end
             continue
         note *= np.float32((vel / 127.0) ** 1.5 / len(zs))
+        if expression and rng is not None and fam in ("bowed", "wind"):
+            note *= note_expression(len(note), sr, dur, fam == "bowed", vib_rate,
+                                    np.random.default_rng([j, pitch, int(1000 * start), 7]))
         if brightness and vel < 112:  # gentle 6 dB/octave low-pass, darker when softer (zero phase)
             fc = 1200.0 * 2 ** (4.5 * vel / 127.0)
             m = 1 << int(np.ceil(np.log2(len(note) + sr // 50)))
