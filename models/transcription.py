@@ -174,6 +174,7 @@ DEFAULT_DECODING = {"onset_threshold": 0.5, "frame_threshold": 0.3, "min_note_le
 # Optional, calibrated per model (absent = the onset threshold): an onset peak of a pitch that is still sounding
 # starts a new note only if it reaches this, else the held note goes on (a bow change or a breath is not a note).
 REONSET_KEY = "reonset_threshold"
+OVERTONE_INTERVALS = (12, 19, 24, 28, 31, 36)  # semitones from a note to its 2nd, 3rd, 4th, 5th, 6th, 8th harmonic
 
 
 def decoding_defaults(model: nn.Module, meta: dict | None = None) -> dict:
@@ -491,17 +492,31 @@ class NoteTracker:
                 events.append({"type": "note_on", "pitch": int(self.pitches[j]),
                                "onset": round(max(self._onset_time(int(j), dt), 0.0), 4)})
 
+    def _overtone(self, upper: np.ndarray | int, lower: int) -> np.ndarray:
+        return np.isin(self.pitches[upper] - self.pitches[lower], OVERTONE_INTERVALS)
+
     def _monophonic(self, u: int, new: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Of the onsets ``new`` at frame u keep at most one; -> (new, notes of other pitches it ends now)."""
+        """Of the onsets ``new`` at frame u keep at most one; -> (new, notes of other pitches it ends now).
+        The strongest wins, except that an overtone (octave, twelfth, ...) never wins over its fundamental
+        starting with it (a real flute's or reed's octave often speaks louder at the attack than the note), and
+        a sounding note is ended only by an onset above the re-onset threshold, as polyphonic decoding lets only
+        such an onset cut a held note of its own pitch (one line: every pitch is the held note's)."""
         if not new.any():
             return new, np.zeros_like(new)
-        j = int(np.flatnonzero(new)[np.argmax(cur[new])])
+        cand = np.flatnonzero(new)
+        j = int(cand[np.argmax(cur[cand])])
+        under = cand[self._overtone(j, cand)]
+        if len(under):
+            j = int(under.min())
         new = np.zeros_like(new)
         others = self.active.copy()
         others[j] = False
-        recent = others & (u - self.start <= self.min_gap)
-        if recent.any() and self.strength[recent].max() >= cur[j]:
-            return new, np.zeros_like(new)  # a weaker onset right after a note's start: the earlier note stays
+        recent = np.flatnonzero(others & (u - self.start <= self.min_gap))
+        if not (len(recent) and self._overtone(recent, j).any()):  # a just-started overtone yields to j
+            if cur[j] < self.reon and others.any():
+                return new, np.zeros_like(new)  # a flicker inside the held note (an overtone, a sub-harmonic)
+            if len(recent) and (self._overtone(j, recent).any() or self.strength[recent].max() >= cur[j]):
+                return new, np.zeros_like(new)  # right after a note's start: its overtone or a weaker onset
         new[j] = True
         return new, others
 

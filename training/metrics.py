@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from models.transcription import OVERTONE_INTERVALS
+
 # ================================================================================================================
 # Classification (CIFAR / SVHN / image folders) -- owner: image classification (training/cifar.py)
 # ================================================================================================================
@@ -155,7 +157,7 @@ def pearson_r(pairs: list[tuple[float, float]]) -> float:
     return float(np.corrcoef(a[:, 0], a[:, 1])[0, 1])
 
 
-HARMONIC_INTERVALS = (12, 19, 24)  # an octave, a twelfth, two octaves above a sounding note
+HARMONIC_INTERVALS = OVERTONE_INTERVALS[:3]  # an octave, a twelfth, two octaves above a sounding note
 
 
 def note_errors(ref_i: np.ndarray, ref_p: np.ndarray, notes: list[dict]) -> dict:
