@@ -1,6 +1,6 @@
 """The targets of issue 21 (hardening, round two), measured against a real ``python -m service`` on loopback.
 
-    python -m benchmarks.hardening [--seconds 30] [--transcriber models/checkpoints/musicnet_complex_v4.pt]
+    python -m benchmarks.hardening [--seconds 30] [--transcriber models/checkpoints/musicnet_complex_v5.pt]
 
 Starts the service (shipped checkpoints, default settings, 127.0.0.1, free port) and runs, one after another:
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.hardening", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=30.0, help="abusive stream duration per format")
     p.add_argument("--classifier", type=Path, default=CKPT / "cifar10_complex.pt")
-    p.add_argument("--transcriber", type=Path, default=CKPT / "musicnet_complex_v4.pt")
+    p.add_argument("--transcriber", type=Path, default=CKPT / "musicnet_complex_v5.pt")
     p.add_argument("--preload", default=None)
     p.add_argument("--startup-timeout", type=float, default=300.0)
     args = p.parse_args(argv)

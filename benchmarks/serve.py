@@ -33,7 +33,7 @@ import numpy as np
 from benchmarks.local_service import NotReady, free_port, process_alive, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = (ROOT / "models" / "checkpoints" / "cifar10_complex.pt", ROOT / "models" / "checkpoints" / "musicnet_complex_v4.pt")
+SHIPPED = (ROOT / "models" / "checkpoints" / "cifar10_complex.pt", ROOT / "models" / "checkpoints" / "musicnet_complex_v5.pt")
 
 
 def tiny_checkpoints(folder: Path) -> tuple[Path, Path]:

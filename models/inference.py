@@ -43,7 +43,7 @@ from .transcription import (
     transcription_npz,
 )
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "musicnet_complex_v4.pt"  # the served transcriber
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "musicnet_complex_v5.pt"  # the served transcriber
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 THRESHOLDS = ("onset_threshold", "frame_threshold", "min_note_length")  # decode_notes' arguments
 FREQUENCY_FILTERS = ("minimum_frequency", "maximum_frequency")

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     # Models. An empty value: that model is not served (its routes answer 404); at least one must be.
     classifier_checkpoint: Path | None = Field(CHECKPOINT_DIR / "cifar10_complex.pt",
                                                description="checkpoint served at /classify; empty: not served")
-    transcriber_checkpoint: Path | None = Field(CHECKPOINT_DIR / "musicnet_complex_v4.pt",
+    transcriber_checkpoint: Path | None = Field(CHECKPOINT_DIR / "musicnet_complex_v5.pt",
                                                 description="checkpoint served at /transcribe and "
                                                             "/transcribe/stream; empty: not served")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")

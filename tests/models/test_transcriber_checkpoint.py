@@ -15,10 +15,11 @@ CHECKPOINTS = Path(__file__).resolve().parents[2] / "models" / "checkpoints"
 CKPT = CHECKPOINTS / "musicnet_complex.pt"        # first generation: frame model
 CKPT_V2 = CHECKPOINTS / "musicnet_complex_v2.pt"  # second generation: onsets + frames
 CKPT_V3 = CHECKPOINTS / "musicnet_complex_v3.pt"  # third generation: performed note-offs, fine pitch
-CKPT_V4 = CHECKPOINTS / "musicnet_complex_v4.pt"  # v3 fine-tuned on key-release piano labels; velocity (served)
+CKPT_V4 = CHECKPOINTS / "musicnet_complex_v4.pt"  # v3 fine-tuned on key-release piano labels; velocity
+CKPT_V5 = CHECKPOINTS / "musicnet_complex_v5.pt"  # v4 fine-tuned with recorded instruments, slurs (served)
 
 
-@pytest.mark.parametrize("ckpt", [CKPT, CKPT_V2, CKPT_V3, CKPT_V4], ids=["v1", "v2", "v3", "v4"])
+@pytest.mark.parametrize("ckpt", [CKPT, CKPT_V2, CKPT_V3, CKPT_V4, CKPT_V5], ids=["v1", "v2", "v3", "v4", "v5"])
 def test_checkpoint_is_small_safe_and_complete(ckpt):
     assert ckpt.stat().st_size < 25 * 2**20
     blob = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -54,7 +55,7 @@ def _render(tmp_path, program: int, notes: list[tuple[float, float, int, int]], 
 
 
 @pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
-@pytest.mark.parametrize("ckpt", [CKPT, CKPT_V2, CKPT_V3, CKPT_V4], ids=["v1", "v2", "v3", "v4"])
+@pytest.mark.parametrize("ckpt", [CKPT, CKPT_V2, CKPT_V3, CKPT_V4, CKPT_V5], ids=["v1", "v2", "v3", "v4", "v5"])
 @pytest.mark.parametrize("program,chord", [(0, (60, 64, 67)), (40, (55, 62, 71))])
 def test_detects_a_rendered_chord(tmp_path, program, chord, ckpt):
     audio, sr = _render(tmp_path, program, [(0.25, 2.25, p, 90) for p in chord])
@@ -74,13 +75,13 @@ def test_detects_a_rendered_chord(tmp_path, program, chord, ckpt):
 
 
 @pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
-@pytest.mark.parametrize("ckpt", [CKPT_V3, CKPT_V4], ids=["v3", "v4"])
+@pytest.mark.parametrize("ckpt", [CKPT_V3, CKPT_V4, CKPT_V5], ids=["v3", "v4", "v5"])
 def test_fine_pitch_reads_a_detuned_render(tmp_path, ckpt):
     """The fine-pitch output reads a render detuned by +30 cents as about +30 cents (the MIDI pitch bends); v3
     carries no velocity (its learned head did not learn: model card), v4 its attack-level velocity."""
     from models.transcription import decode_notes, decoding_defaults
     model, meta = load_checkpoint(ckpt)
-    assert model.heads == (("frame", "onset", "bend", "velocity") if ckpt == CKPT_V4 else ("frame", "onset", "bend"))
+    assert model.heads == (("frame", "onset", "bend", "velocity") if ckpt in (CKPT_V4, CKPT_V5) else ("frame", "onset", "bend"))
     if ckpt == CKPT_V3:
         assert meta["velocity_check"]["kept"] is False
     audio, sr = _render(tmp_path, 73, [(0.25, 2.25, 72, 90)], bend_cents=30)  # a flute, sharp
@@ -91,10 +92,11 @@ def test_fine_pitch_reads_a_detuned_render(tmp_path, ckpt):
 
 
 @pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
-def test_v4_notes_carry_velocity_that_follows_how_hard_they_were_played(tmp_path):
-    """A phrase on the piano, soft and loud notes alternating: v4's velocities rank them (MIDI, CSV and JSON
+@pytest.mark.parametrize("ckpt", [CKPT_V4, CKPT_V5], ids=["v4", "v5"])
+def test_notes_carry_velocity_that_follows_how_hard_they_were_played(tmp_path, ckpt):
+    """A phrase on the piano, soft and loud notes alternating: the velocities rank them (MIDI, CSV and JSON
     carry ``velocity``), and the fitted map is stored with its measurement."""
-    model, meta = load_checkpoint(CKPT_V4)
+    model, meta = load_checkpoint(ckpt)
     assert meta["velocity_fit"]["level_r_within_file"] > 0.3
     played = [30, 110, 45, 100, 35, 120, 60, 90]
     audio, sr = _render(tmp_path, 0, [(0.25 + 0.5 * i, 0.65 + 0.5 * i, 60 + 2 * i, v) for i, v in enumerate(played)])
@@ -106,7 +108,8 @@ def test_v4_notes_carry_velocity_that_follows_how_hard_they_were_played(tmp_path
     assert r > 0.8, (got, played)
 
 
-def test_v4_transcribes_the_scale_of_a_real_recording():
+@pytest.mark.parametrize("ckpt", [CKPT_V4, CKPT_V5], ids=["v4", "v5"])
+def test_transcribes_the_scale_of_a_real_recording(ckpt):
     """The one real recording at hand: music21's audioSearch test file (20 s, a monophonic instrument played into
     a microphone, starting with the ascending C major scale that music21's own doctest transcribes). Every scale
     note must start within 50 ms of where its pitch begins (onsets read off a pYIN pitch track of this file:
@@ -118,7 +121,7 @@ def test_v4_transcribes_the_scale_of_a_real_recording():
     if not wav.is_file():
         pytest.skip("music21 without its audioSearch test recording")
     audio, sr = sf.read(wav, dtype="float32")
-    model, _ = load_checkpoint(CKPT_V4)
+    model, _ = load_checkpoint(ckpt)
     tr = transcribe(model, audio, sr)
     scale = [(2.75, 60), (3.66, 62), (4.55, 64), (5.41, 65), (6.41, 67), (7.33, 69), (8.23, 71), (9.14, 72)]
     for monophonic in (False, True):

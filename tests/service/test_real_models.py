@@ -59,7 +59,7 @@ def test_default_settings_serve_the_shipped_checkpoints():
         pytest.skip(f"shipped checkpoints not there yet: {missing}")
     with TestClient(create_app(s)) as c:
         names = [m["name"] for m in c.get("/models").json()["models"]]
-        assert names == ["cifar10_complex", "musicnet_complex_v4"]
+        assert names == ["cifar10_complex", "musicnet_complex_v5"]
         r = c.post("/classify", files={"file": ("a.png", image_bytes("PNG", (200, 30, 30)))})
         assert r.status_code == 200 and len(r.json()["results"][0]["probabilities"]) == 10
         r = c.post("/transcribe", files={"file": ("a.wav", audio_bytes(tone(seconds=1.0, sr=16000), sr=16000))})

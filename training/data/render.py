@@ -111,6 +111,7 @@ class RenderConfig:
     legato: bool = False           # sampled bowed / wind notes followed at once by the next stop without a tail
     slur: float = 0.0              # with legato: probability that such a following note is slurred (no attack)
     expression: bool = False       # sampled bowed / wind notes swell, fade, tremble and change bow while held
+    natural_vibrato: bool = False  # recorded instruments keep their players' vibrato, none added on top
     hold_out: list[str] = field(default_factory=list)  # recorded instruments never played (kept for test splits)
     reverb: float = 0.7            # renders with the synthesiser's / sampler's artificial reverb (0: dry, the
                                    # room comes from augment_audio's realistic set alone)
@@ -463,7 +464,7 @@ def pick_sampled_preset(program: int, rng: np.random.Generator, samples_dir: str
 
 def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str,
                  rng: np.random.Generator | None = None, recorded: float = 0.0,
-                 legato: bool = False, slur: float = 0.0, expression: bool = False,
+                 legato: bool = False, slur: float = 0.0, expression: bool = False, natural_vibrato: bool = False,
                  hold_out: tuple[str, ...] = ()) -> tuple[list[np.ndarray], list[str]]:
     """One stereo (samples, 2) float32 array per instrument of ``arranged``, all the same length: the mix
     is their sum (FluidSynth is linear per voice, effects included), and each stem is a solo recording.
@@ -482,7 +483,9 @@ def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str,
         preset = pick_sampled_preset(inst.program, rng, recorded=recorded, hold_out=hold_out) if rng is not None else None
         if preset is not None:
             notes = [(n.start, n.end, n.pitch, n.velocity) for n in inst.notes]
-            y, _ = render_notes(notes, preset, MUSICNET_RATE, rng, legato=legato, slur=slur, expression=expression)
+            vibrato = False if natural_vibrato and preset.bank == "tonejs" else None
+            y, _ = render_notes(notes, preset, MUSICNET_RATE, rng, legato=legato, slur=slur, expression=expression,
+                                vibrato=vibrato)
             if fx["reverb"]:
                 y = add_reverb(y, MUSICNET_RATE, rng)
             y = (y * 0.3).astype(np.float32)  # about FluidSynth's level at gain 0.5
@@ -583,7 +586,8 @@ def render_piece(task: tuple) -> list[dict]:
             soundfont = cfg.soundfonts[rng.integers(len(cfg.soundfonts))]
             fx = draw_effects(rng, cfg.reverb)
             stems, sources = render_stems(arranged, soundfont, fx, tmp, f"v{v}", rng if cfg.sampled else None,
-                                          cfg.recorded, cfg.legato, cfg.slur, cfg.expression, tuple(cfg.hold_out))
+                                          cfg.recorded, cfg.legato, cfg.slur, cfg.expression,
+                                          cfg.natural_vibrato, tuple(cfg.hold_out))
             sr = MUSICNET_RATE
             # Stereo -> mono as a microphone somewhere between the two channels would hear it.
             a = rng.uniform(0.2, 0.8)
@@ -734,11 +738,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--expression", action="store_true",
                     help="sampled bowed and wind notes change level while they sound: swells and fades, tremolo, "
                          "bow changes (sampler.note_expression); one note, as real annotations mark it")
+    ap.add_argument("--natural-vibrato", action="store_true",
+                    help="recorded instruments keep the vibrato their players recorded (violin, flute, ...; none on "
+                         "clarinet or horn) instead of a synthetic one on top of it")
     ap.add_argument("--slur", type=float, default=d.slur,
                     help="with --legato: probability that such a following note is slurred: no attack of its own, "
                          "only the change of pitch (as most of a real wind or string phrase)")
     a = ap.parse_args(argv)
-    cfg = RenderConfig(legato=a.legato, slur=a.slur, expression=a.expression, hold_out=a.hold_out, reverb=a.reverb, recorded=a.recorded, offsets=a.offsets, sampled=not a.no_sampled, ensembles=a.ensembles or [], out=a.out, hours=a.hours, test_fraction=a.test_fraction, variants=a.variants, solo_fraction=a.solo_fraction, only_split=a.only_split,
+    cfg = RenderConfig(legato=a.legato, slur=a.slur, expression=a.expression, natural_vibrato=a.natural_vibrato, hold_out=a.hold_out, reverb=a.reverb, recorded=a.recorded, offsets=a.offsets, sampled=not a.no_sampled, ensembles=a.ensembles or [], out=a.out, hours=a.hours, test_fraction=a.test_fraction, variants=a.variants, solo_fraction=a.solo_fraction, only_split=a.only_split,
                        test_hours=a.test_hours, skip=a.skip, seed=a.seed, first_variant=a.first_variant,
                        workers=a.workers, max_seconds=a.max_seconds, soundfonts=a.soundfonts or d.soundfonts,
                        pieces=a.pieces or [])
