@@ -512,11 +512,11 @@ class NoteTracker:
         others = self.active.copy()
         others[j] = False
         recent = np.flatnonzero(others & (u - self.start <= self.min_gap))
-        if not (len(recent) and self._overtone(recent, j).any()):  # a just-started overtone yields to j
-            if cur[j] < self.reon and others.any():
-                return new, np.zeros_like(new)  # a flicker inside the held note (an overtone, a sub-harmonic)
-            if len(recent) and (self._overtone(j, recent).any() or self.strength[recent].max() >= cur[j]):
-                return new, np.zeros_like(new)  # right after a note's start: its overtone or a weaker onset
+        fundamental_of_recent = self._overtone(recent, j).any()  # a just-started overtone yields to j
+        flicker = cur[j] < self.reon and others.any()  # a weak onset inside the held note (overtone, sub-harmonic)
+        upstaged = len(recent) and (self._overtone(j, recent).any() or self.strength[recent].max() >= cur[j])
+        if not fundamental_of_recent and (flicker or upstaged):
+            return new, np.zeros_like(new)
         new[j] = True
         return new, others
 

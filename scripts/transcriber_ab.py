@@ -11,18 +11,15 @@ Same reading, references, decoding (each model's calibrated defaults) and metric
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.transcribe_compare import find_items, frame_targets, read_audio, reference  # noqa: E402
-from models.checkpoint import load_checkpoint  # noqa: E402
-from models.transcription import decode_notes, decoding_defaults, transcribe  # noqa: E402
-from training.metrics import average_precision, note_errors, note_metrics  # noqa: E402
+from benchmarks.transcribe_compare import find_items, frame_targets, read_audio, reference
+from models.checkpoint import load_checkpoint
+from models.transcription import decode_notes, decoding_defaults, transcribe
+from training.metrics import average_precision, note_errors, note_metrics
 
 
 def group_of(meta: dict, field: str) -> str:

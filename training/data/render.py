@@ -462,30 +462,31 @@ def pick_sampled_preset(program: int, rng: np.random.Generator, samples_dir: str
     return presets[int(rng.integers(len(presets)))] if presets else None
 
 
-def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str,
-                 rng: np.random.Generator | None = None, recorded: float = 0.0,
-                 legato: bool = False, slur: float = 0.0, expression: bool = False, natural_vibrato: bool = False,
-                 hold_out: tuple[str, ...] = ()) -> tuple[list[np.ndarray], list[str]]:
+def render_stems(arranged, soundfont: str, fx: dict, tmp: str, tag: str, rng: np.random.Generator | None = None,
+                 cfg: RenderConfig | None = None) -> tuple[list[np.ndarray], list[str]]:
     """One stereo (samples, 2) float32 array per instrument of ``arranged``, all the same length: the mix
     is their sum (FluidSynth is linear per voice, effects included), and each stem is a solo recording.
     With ``rng``, some stems are played by the sample player (training/data/sampler.py) instead: real piano
-    samples, recorded instruments (with probability ``recorded``) and other banks' presets, with a synthetic
-    room when the render has reverb (``legato``, ``slur``, ``expression``: sampler.render_notes' short release between
-    joined notes, slurs, and notes that change level while held). Also returns the source of each stem (soundfont file name or sampler preset)."""
+    samples, recorded instruments (with probability ``cfg.recorded``, less ``cfg.hold_out``) and other banks'
+    presets, with a synthetic room when the render has reverb, played as ``cfg`` says (legato, slurs, expression,
+    natural vibrato: sampler.render_notes). Also returns the source of each stem (soundfont file name or sampler
+    preset)."""
     import copy
 
     import soundfile as sf
 
     from training.data.augment_audio import add_reverb
     from training.data.sampler import render_notes
+    cfg = cfg or RenderConfig()
     stems, sources = [], []
     for k, inst in enumerate(arranged.instruments):
-        preset = pick_sampled_preset(inst.program, rng, recorded=recorded, hold_out=hold_out) if rng is not None else None
+        preset = (pick_sampled_preset(inst.program, rng, recorded=cfg.recorded, hold_out=tuple(cfg.hold_out))
+                  if rng is not None else None)
         if preset is not None:
             notes = [(n.start, n.end, n.pitch, n.velocity) for n in inst.notes]
-            vibrato = False if natural_vibrato and preset.bank == "tonejs" else None
-            y, _ = render_notes(notes, preset, MUSICNET_RATE, rng, legato=legato, slur=slur, expression=expression,
-                                vibrato=vibrato)
+            vibrato = False if cfg.natural_vibrato and preset.bank == "tonejs" else None
+            y, _ = render_notes(notes, preset, MUSICNET_RATE, rng, legato=cfg.legato, slur=cfg.slur,
+                                expression=cfg.expression, vibrato=vibrato)
             if fx["reverb"]:
                 y = add_reverb(y, MUSICNET_RATE, rng)
             y = (y * 0.3).astype(np.float32)  # about FluidSynth's level at gain 0.5
@@ -585,9 +586,7 @@ def render_piece(task: tuple) -> list[dict]:
                 continue
             soundfont = cfg.soundfonts[rng.integers(len(cfg.soundfonts))]
             fx = draw_effects(rng, cfg.reverb)
-            stems, sources = render_stems(arranged, soundfont, fx, tmp, f"v{v}", rng if cfg.sampled else None,
-                                          cfg.recorded, cfg.legato, cfg.slur, cfg.expression,
-                                          cfg.natural_vibrato, tuple(cfg.hold_out))
+            stems, sources = render_stems(arranged, soundfont, fx, tmp, f"v{v}", rng if cfg.sampled else None, cfg)
             sr = MUSICNET_RATE
             # Stereo -> mono as a microphone somewhere between the two channels would hear it.
             a = rng.uniform(0.2, 0.8)
