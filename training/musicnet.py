@@ -32,7 +32,15 @@ from models.checkpoint import build_model, count_parameters, load_checkpoint, re
 from models.cli import add_arguments as add_transcribe_arguments
 from models.cli import run as run_transcribe
 from models.inference import DEFAULT_CHECKPOINT, load_audio, transcribe_file  # noqa: F401 - moved there, importable here
-from models.transcription import REONSET_KEY, decode_notes, decoding_defaults, heads, transcribe, window_samples
+from models.transcription import (
+    OVERTONE_INTERVALS,
+    REONSET_KEY,
+    decode_notes,
+    decoding_defaults,
+    heads,
+    transcribe,
+    window_samples,
+)
 from training.loop import (
     JsonlLogger,
     all_reduce_sum,
@@ -124,6 +132,7 @@ class TrainConfig:
     workers: int = 0                             # DataLoader processes making crops (GPU runs); 0 = in-process
     rescan_every: int = 0                        # re-list the train split every N steps (data still being rendered)
     init_from: str | None = None                 # warm start from this checkpoint (init_from_checkpoint)
+    harmonic_weight: float = 0.0                 # extra loss weight on silent overtone cells (transcription_loss)
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -273,15 +282,32 @@ def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
     return cfg.lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def transcription_loss(logits: torch.Tensor, targets: torch.Tensor, model_heads: tuple[str, ...]) -> torch.Tensor:
+def harmonic_negatives(targets: torch.Tensor, intervals: tuple[int, ...] = OVERTONE_INTERVALS[:3]) -> torch.Tensor:
+    """Cells of (B, frames, 88, heads) targets that are off while the key an octave, a twelfth or two octaves
+    below is on in the same frame and head: where a low reed's overtones fool a transcriber into false notes."""
+    on = targets > 0.5
+    below_on = torch.zeros_like(on)
+    for i in intervals:
+        below_on[:, :, i:] |= on[:, :, :-i]
+    return below_on & ~on
+
+
+def transcription_loss(logits: torch.Tensor, targets: torch.Tensor, model_heads: tuple[str, ...],
+                       harmonic_weight: float = 0.0) -> torch.Tensor:
     """BCE on the probability heads (frame, onset); for a ``velocity`` head, the squared error of sigmoid(logit)
     against velocity / 127 only where a note of known velocity starts (targets -1 elsewhere), as in Onsets
-    and Frames: how hard a note was played is defined at its onset only."""
-    if "velocity" not in model_heads:
-        return F.binary_cross_entropy_with_logits(logits, targets)
-    v = model_heads.index("velocity")
+    and Frames: how hard a note was played is defined at its onset only. ``harmonic_weight`` > 0 weighs the
+    silent overtone positions of sounding notes (``harmonic_negatives``) 1 + harmonic_weight times: a false
+    octave costs more than a false note anywhere else, while a played octave (target on) costs as before."""
+    v = model_heads.index("velocity") if "velocity" in model_heads else None
     probs = [i for i in range(len(model_heads)) if i != v]
-    loss = F.binary_cross_entropy_with_logits(logits[..., probs], targets[..., probs])
+    p_logits, p_targets = logits[..., probs], targets[..., probs]
+    weight = None
+    if harmonic_weight > 0:
+        weight = 1.0 + harmonic_weight * harmonic_negatives(p_targets).to(p_logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(p_logits, p_targets, weight=weight)
+    if v is None:
+        return loss
     mask = targets[..., v] >= 0
     if mask.any():
         loss = loss + VELOCITY_WEIGHT * F.mse_loss(torch.sigmoid(logits[..., v][mask]), targets[..., v][mask])
@@ -407,7 +433,8 @@ def train(cfg: TrainConfig) -> Path:
         ddp.train()
         with autocast(rt.device):
             logits = ddp(x.to(rt.device, non_blocking=True))
-        loss = transcription_loss(logits.float(), y.to(rt.device).view_as(logits), heads(unwrap(model)))
+        loss = transcription_loss(logits.float(), y.to(rt.device).view_as(logits), heads(unwrap(model)),
+                                  cfg.harmonic_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_norm > 0:
@@ -692,7 +719,7 @@ def train_config_from_args(a: argparse.Namespace) -> TrainConfig:
     values = dict(PRESETS[a.preset]) if getattr(a, "preset", None) else {}
     for name in ("arch", "steps", "batch_size", "warmup", "seed", "threads", "log_every", "eval_every", "eval_files",
                  "rescan_every", "workers", "pitch_shift", "onset_spread", "steps_per_epoch", "minutes", "lr", "weight_decay",
-                 "clip_norm", "sampling", "optimizer", "schedule"):
+                 "clip_norm", "harmonic_weight", "sampling", "optimizer", "schedule"):
         if getattr(a, name, None) is not None:
             values[name] = getattr(a, name)
     if a.no_augment:
@@ -720,7 +747,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("steps", "batch_size", "warmup", "seed", "threads", "log_every", "eval_every", "eval_files",
                  "rescan_every", "workers", "pitch_shift", "onset_spread", "steps_per_epoch"):
         t.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"default {getattr(d, name)}")
-    for name in ("minutes", "lr", "weight_decay", "clip_norm"):
+    for name in ("minutes", "lr", "weight_decay", "clip_norm", "harmonic_weight"):
         t.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=f"default {getattr(d, name)}")
     t.add_argument("--sampling", default=None, choices=["duration", "per_recording", "authors"])
     t.add_argument("--optimizer", default=None, choices=["adamw", "adam"])

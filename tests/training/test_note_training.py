@@ -138,6 +138,29 @@ def test_velocity_loss_is_masked_and_probability_heads_use_bce():
     assert torch.isclose(transcription_loss(logits, y, ("frame", "onset", "velocity")), base + 0.5 * 0.25)
 
 
+def test_harmonic_weight_costs_a_false_overtone_more_and_a_played_octave_the_same():
+    import torch.nn.functional as F
+
+    from training.musicnet import harmonic_negatives, transcription_loss
+    y = torch.zeros(1, 3, 88, 2)
+    y[0, :, 30, 0] = 1.0                   # a held low note (frame head only)
+    y[0, :, 54, 0] = 1.0                   # its second octave is really played (key 30 + 24)
+    mask = harmonic_negatives(y)
+    assert mask[0, :, 42, 0].all() and mask[0, :, 49, 0].all()      # octave and twelfth above: silent overtones
+    assert not mask[0, :, 54, 0].any() and not mask[..., 1].any()    # a played note, and the silent onset head
+    assert mask.sum() == 3 * 2 + 3 * 3     # key 30: +12, +19 (+24 is played); key 54: +12, +19, +24
+    logits = torch.zeros(1, 3, 88, 2)
+    logits[0, :, 42, 0] = 3.0              # a confident false octave
+    logits[0, :, 60, 0] = 3.0              # an equally confident false note that is no overtone
+    plain = transcription_loss(logits, y, ("frame", "onset"))
+    assert torch.isclose(plain, F.binary_cross_entropy_with_logits(logits, y))
+    weighted = transcription_loss(logits, y, ("frame", "onset"), harmonic_weight=2.0)
+    cell = F.binary_cross_entropy_with_logits(torch.tensor(3.0), torch.tensor(0.0))
+    silent = F.binary_cross_entropy_with_logits(torch.tensor(0.0), torch.tensor(0.0))
+    extra = 2.0 * (3 * cell + (15 - 3) * silent) / y.numel()   # 15 silent overtone cells, 3 of them the false octave
+    assert torch.isclose(weighted, plain + extra)
+
+
 def test_warm_start_adds_a_velocity_head_and_keeps_the_calibrated_outputs(tmp_path):
     from models.checkpoint import build_model, save_checkpoint
     from models.transcription import window_samples
