@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--group-by", default="group")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--onset-threshold", type=float, default=None, help="instead of each model's calibrated one")
+    ap.add_argument("--monophonic", action="store_true", help="decode at most one note at a time (single lines)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     models = [(Path(c).name, *load_checkpoint(c)) for c in a.checkpoint]
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
             ref_i, ref_p = reference(it, len(audio) / sr)
             for name, model, _ in models:
                 tr = transcribe(model, audio, sr)
-                notes = decode_notes(tr, onset_threshold=a.onset_threshold, defaults=decoding_defaults(model))
+                notes = decode_notes(tr, onset_threshold=a.onset_threshold, defaults=decoding_defaults(model),
+                                     monophonic=a.monophonic)
                 m, e = note_metrics(ref_i, ref_p, notes), note_errors(ref_i, ref_p, notes)
                 for g in ("all", group_of(it.meta, a.group_by)):
                     s = acc.setdefault((g, name), {"tp": 0, "tp_off": 0, "est": 0, "ref": 0, "targets": [],

@@ -317,21 +317,28 @@ def transcription_loss(logits: torch.Tensor, targets: torch.Tensor, model_heads:
 VELOCITY_WEIGHT = 0.5  # the velocity error (about 0.01-0.05 once learned) against BCE summed over 88 keys
 
 
+def fold_calibration(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A note transcriber's state with its logit calibration (scale, shift per head) folded into the output
+    layer and the key biases, and the calibration reset to identity: the same outputs, as trainable weights."""
+    cal = state.get("calibration")
+    if cal is None or "head.2.weight" not in state:
+        return state
+    n = cal.shape[0]
+    scale, shift = cal[:, 0].float(), cal[:, 1].float()
+    state = dict(state)
+    state["head.2.weight"] = state["head.2.weight"] * scale.view(n, 1, 1, 1)
+    state["head.2.bias"] = state["head.2.bias"] * scale + shift
+    state["key_bias"] = state["key_bias"] * scale.view(n, 1, 1)
+    state["calibration"] = torch.tensor([[1.0, 0.0]] * n)
+    return state
+
+
 def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
     """Warm start from a trained checkpoint of the same architecture: every tensor of matching shape is copied;
     output heads the checkpoint lacks (a new velocity head) keep their fresh initialisation; the checkpoint's
     logit calibration is folded into the head's weights, so training goes on from its calibrated outputs."""
-    src = read_checkpoint(path)["state_dict"]
+    src = fold_calibration(read_checkpoint(path)["state_dict"])
     own = model.state_dict()
-    cal = src.get("calibration")
-    if cal is not None and "head.2.weight" in src:
-        n = cal.shape[0]
-        scale, shift = cal[:, 0].float(), cal[:, 1].float()
-        src = dict(src)
-        src["head.2.weight"] = src["head.2.weight"] * scale.view(n, 1, 1, 1)
-        src["head.2.bias"] = src["head.2.bias"] * scale + shift
-        src["key_bias"] = src["key_bias"] * scale.view(n, 1, 1)
-        src["calibration"] = torch.tensor([[1.0, 0.0]] * n)
     copied = []
     with torch.no_grad():
         for k, t in src.items():

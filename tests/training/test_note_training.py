@@ -180,6 +180,30 @@ def test_warm_start_adds_a_velocity_head_and_keeps_the_calibrated_outputs(tmp_pa
     assert torch.equal(new.calibration, torch.tensor([[1.0, 0.0]] * 3))
 
 
+def test_checkpoint_average_folds_each_calibration_and_interpolates(tmp_path):
+    from models.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from models.transcription import window_samples
+    from scripts.average_checkpoints import main as average
+    torch.manual_seed(0)
+    cfg = {"frames_per_window": 20, "channels": 4, "hidden": 8}
+    a, b = build_model("complex_note_transcriber", cfg).eval(), build_model("complex_note_transcriber", cfg).eval()
+    with torch.no_grad():
+        a.calibration.copy_(torch.tensor([[0.8, -0.5], [0.6, -0.9]]))  # A calibrated, B raw (as after training)
+    save_checkpoint(tmp_path / "a.pt", a, "complex_note_transcriber", cfg, {})
+    save_checkpoint(tmp_path / "b.pt", b, "complex_note_transcriber", cfg, {})
+    x = torch.randn(2, window_samples(a)) * 0.1
+    for w, expect in ((0.0, a), (1.0, b)):  # the ends are the two models' calibrated outputs
+        average([str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--weight", str(w), "--out", str(tmp_path / "m.pt")])
+        m, meta = load_checkpoint(tmp_path / "m.pt")
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), expect(x), atol=1e-5, rtol=1e-5)
+        assert meta["averaged"]["weight_of_b"] == w and torch.equal(m.calibration, torch.tensor([[1.0, 0.0]] * 2))
+    average([str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--weight", "0.5", "--out", str(tmp_path / "m.pt")])
+    m, _ = load_checkpoint(tmp_path / "m.pt")
+    assert torch.allclose(m.head[2].bias, 0.5 * (a.head[2].bias * a.calibration[:, 0] + a.calibration[:, 1])
+                          + 0.5 * b.head[2].bias)
+
+
 def test_calibration_pools_folders_and_weighs_each_kind_of_recording_the_same(root, tmp_path):
     import shutil
 
