@@ -214,7 +214,7 @@ def live_stream(port: int, case: str, seconds: float, seed: float) -> str:
     minutes of audio in the kernel's buffers (up to net.ipv4.tcp_rmem's maximum on the server side), which the
     server by design reads at most ``max_speed`` x real time. A fixed wait would close such a stream itself
     (1006, the server still reading its audio) and blame the server; past twice the server's own pace the
-    result is "client timeout", a failure."""
+    result is "client timeout", a failure. For the same reason that client sends no keep-alive pings."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
@@ -223,7 +223,11 @@ def live_stream(port: int, case: str, seconds: float, seed: float) -> str:
     pcm = (0.3 * np.sin(2 * np.pi * 440 * (1 + seed) * t) * 32767).astype("<i2").tobytes()
     got: dict[str, Any] = {"summary": False, "code": None, "max_speed": 10.0}
     sent_s = 0.0
-    with connect(f"ws://{HOST}:{port}/transcribe/stream", open_timeout=30, max_size=None) as ws:
+    # The big case floods on purpose, so the server stops reading it: a keep-alive ping from this client would wait
+    # behind that audio, its pong come too late and the client drop its own stream (1006), measuring itself.
+    ping_interval = None if case == "big" else 20
+    with connect(f"ws://{HOST}:{port}/transcribe/stream", open_timeout=30, max_size=None,
+                 ping_interval=ping_interval) as ws:
         def read() -> None:
             try:
                 for raw in ws:

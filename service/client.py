@@ -1,7 +1,7 @@
 """A small client for live transcription (protocol 1 of WebSocket /transcribe/stream, see service/stream.py).
 
     python -m service.client stream recording.wav                 # any file soundfile reads, sent in real time
-    python -m service.client stream recording.flac --fast         # as fast as the server accepts
+    python -m service.client stream recording.flac --fast         # as fast as the server reads (its max_speed)
     arecord -q -f S16_LE -r 16000 -c 1 | python -m service.client stream - --sample-rate 16000
     python -m service.client stream song.wav --json > events.jsonl   # every server message, one per line
     python -m service.client stream song.wav --url http://10.0.0.5:8000   # or DCN_URL=http://10.0.0.5:8000
@@ -172,14 +172,21 @@ def stream(args: argparse.Namespace) -> int:
         return 2
     with ws:
         ws.send(json.dumps(header))
-        show(json.loads(ws.recv(timeout=args.timeout)))
+        ready = json.loads(ws.recv(timeout=args.timeout))
+        show(ready)
+        # --fast: no further ahead than the server reads (max_speed x real time beyond its margin) plus a second.
+        # Written faster, audio waits in the sockets' buffers (minutes of it) and so does this client's keep-alive
+        # ping: its pong comes too late and the client drops its own connection (1011 / 1006).
+        limits = ready.get("limits") or {}
+        speed = float(limits.get("max_speed") or 0) if args.fast else 1.0
+        ahead = float(limits.get("realtime_margin_s") or 0) + 1.0 if args.fast else 0.0
 
         def send_all() -> None:
             t0, sent = time.monotonic(), 0
             try:
                 for data in chunks:
-                    if not args.fast and args.source != "-":  # files: in real time; stdin: as it comes
-                        wait = t0 + sent / bytes_per_second - time.monotonic()
+                    if speed > 0 and args.source != "-":  # files: paced; stdin: as it comes
+                        wait = t0 + (sent / bytes_per_second - ahead) / speed - time.monotonic()
                         if wait > 0:
                             time.sleep(wait)
                     ws.send(data)
@@ -219,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default=os.environ.get(URL_VARIABLE) or DEFAULT_URL,
                    help=f"the service (http://host:port) or the stream's ws:// URL; default ${URL_VARIABLE}, else "
                         f"{DEFAULT_URL}")
-    p.add_argument("--fast", action="store_true", help="do not pace a file in real time")
+    p.add_argument("--fast", action="store_true", help="send a file as fast as the server reads it (its max_speed x real "
+                                                       "time), not in real time")
     p.add_argument("--chunk-ms", type=float, default=20.0, help="audio per message (files)")
     p.add_argument("--sample-rate", type=int, help="raw stdin: sample rate")
     p.add_argument("--channels", type=int, default=1, help="raw stdin: channels")

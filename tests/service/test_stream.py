@@ -20,9 +20,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from models import transcription as tr
 from models.checkpoint import build_model
+from models.transcription import NoteTracker
 from service.app import create_app
 from service.decode import decode_audio_ex
-from models.transcription import NoteTracker
 from service.stream import AudioInput, StreamHeader, build_stream_model
 
 from .conftest import metric, serve, settings_for
@@ -352,6 +352,44 @@ def test_shutdown_flushes_and_closes_with_1001(onset_ckpts):
         assert m["reason"] == "shutdown" and m["notes"]
         assert _close(ws)[0] == 1001
         client.app.state.service.draining = False
+
+
+def test_python_client_fast_sends_at_the_servers_pace_not_into_the_socket_buffers(onset_ckpts, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """--fast writes no further ahead than the server reads (max_speed x real time beyond its margin, plus 1 s):
+    written faster, minutes of audio wait in the sockets' buffers and the client's keep-alive ping behind them,
+    whose late pong makes the client drop its own stream (the soak's 1006)."""
+    import time
+
+    from service import client
+
+    pulled = []  # (time, audio seconds before the chunk) each time the client takes the next chunk to send
+    file_chunks = client.file_chunks
+
+    def timed_chunks(path: str, chunk_ms: float):
+        header, chunks = file_chunks(path, chunk_ms)
+
+        def gen():
+            pos = 0.0
+            for data in chunks:
+                pulled.append((time.monotonic(), pos))
+                yield data
+                pos += len(data) / 4 / header["sample_rate"]  # float32 mono
+        return header, gen()
+
+    monkeypatch.setattr(client, "file_chunks", timed_chunks)
+    app = _app(onset_ckpts, stream_max_speed=2.0, stream_realtime_margin_s=0.5)
+    with _served(app) as url:
+        wav = tmp_path / "melody.wav"
+        sf.write(wav, _melody(8000, 6.0), 8000, subtype="PCM_16")
+        t0 = time.monotonic()
+        assert client.main(["stream", str(wav), "--url", url, "--fast"]) == 0
+        took = time.monotonic() - t0
+    assert "(end)" in capsys.readouterr().out
+    start = pulled[0][0]
+    lead = max(pos - 2.0 * (t - start) for t, pos in pulled)  # audio sent beyond what 2x real time allows
+    assert lead <= 0.5 + 1.0 + 0.05, lead
+    assert took < 6.0  # still faster than real time
 
 
 def test_real_server_python_client_and_message_limit(onset_ckpts, tmp_path, capsys):
