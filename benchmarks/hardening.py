@@ -62,9 +62,11 @@ def abusive_stream(port: int, pid: int, seconds: float) -> dict:
     out["rss_baseline_mb"] = round(base / MB, 1)
     for rate, fmt, size in ((8000, "int16", 2 * 8000 * 2), (384_000, "float32", 1 << 20)):
         peak, lat, sent = base, [], 0
-        with connect(url, max_size=None) as ws:
+        # No keep-alive pings: the server stops reading this flood, and a ping waiting behind it would time out and
+        # make this client drop its own stream (1006), measuring itself instead of the server.
+        with connect(url, max_size=None, ping_interval=None) as ws:
             ws.send(json.dumps({"sample_rate": rate, "format": fmt, "frames": False}))
-            json.loads(ws.recv(timeout=30))
+            max_speed = float(json.loads(ws.recv(timeout=30))["limits"]["max_speed"])
             stop = threading.Event()
 
             def drain(ws=ws, stop=stop) -> None:
@@ -89,8 +91,9 @@ def abusive_stream(port: int, pid: int, seconds: float) -> dict:
                 ws.send(json.dumps({"type": "end"}))
             except ConnectionClosed:
                 pass
-            stop.wait(60)
-            code = ws.close_code
+            # the buffered audio is read at max_speed x real time at most: wait for the summary twice that, + 30 s
+            stop.wait(2 * sent / (rate * (2 if fmt == "int16" else 4)) / max_speed + 30)
+            code = ws.close_code if stop.is_set() else "client timeout"
         time.sleep(5)
         after = rss_bytes(pid)
         seconds_sent = sent / (rate * (2 if fmt == "int16" else 4))
