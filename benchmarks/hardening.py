@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.local_service import process_alive, wait_ready
-from benchmarks.soak import CKPT, HOST, MB, hardware, live_stream, rss_bytes, start_server, stop_server
+from benchmarks.soak import CKPT, HOST, MB, flood_wait_s, hardware, live_stream, rss_bytes, start_server, stop_server
 
 
 def _healthz_ms(port: int) -> tuple[int, float]:
@@ -91,12 +91,11 @@ def abusive_stream(port: int, pid: int, seconds: float) -> dict:
                 ws.send(json.dumps({"type": "end"}))
             except ConnectionClosed:
                 pass
-            # the buffered audio is read at max_speed x real time at most: wait for the summary twice that, + 30 s
-            stop.wait(2 * sent / (rate * (2 if fmt == "int16" else 4)) / max_speed + 30)
+            seconds_sent = sent / (rate * (2 if fmt == "int16" else 4))
+            stop.wait(flood_wait_s(seconds_sent, max_speed))  # the queued audio is read at max_speed at most
             code = ws.close_code if stop.is_set() else "client timeout"
         time.sleep(5)
         after = rss_bytes(pid)
-        seconds_sent = sent / (rate * (2 if fmt == "int16" else 4))
         out[f"{rate}Hz_{fmt}"] = {"close_code": code, "audio_sent_s": round(seconds_sent, 1),
                                   "rss_peak_growth_mb": round((peak - base) / MB, 1),
                                   "rss_growth_after_5s_mb": round((after - base) / MB, 1),

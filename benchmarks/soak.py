@@ -207,6 +207,12 @@ class Traffic:
         return f"stream_{case}", live_stream(self.port, case, self.rng.uniform(1.0, 4.0), self.rng.random())
 
 
+def flood_wait_s(audio_s: float, max_speed: float) -> float:
+    """How long a client that has written ``audio_s`` of audio waits for its summary: the server reads a stream at
+    most ``max_speed`` x real time, so twice that, plus 30 s; longer is a failure ("client timeout")."""
+    return 2 * audio_s / max_speed + 30
+
+
 def live_stream(port: int, case: str, seconds: float, seed: float) -> str:
     """One stream of the given kind; returns its close code ("1000" only after a summary), or the error.
 
@@ -272,7 +278,7 @@ def live_stream(port: int, case: str, seconds: float, seed: float) -> str:
                 ws.send(json.dumps({"type": "end"}))
         except ConnectionClosed:
             pass
-        wait_s = max(60.0, 2 * sent_s / got["max_speed"] + 30)
+        wait_s = max(60.0, flood_wait_s(sent_s, got["max_speed"]))
         reader.join(timeout=wait_s)
         if reader.is_alive():
             return f"client timeout after {wait_s:.0f} s"

@@ -8,7 +8,7 @@ the renders' labels. If the renders put an onset where real annotations do not (
 differently, a room's delay, a label at the key press rather than where the tone speaks), Basic Pitch's onsets
 are offset on the renders by that much, costing it onset F1 at the 50 ms tolerance, and ours are offset the other
 way on real audio. For every system this prints, per group: the median and quartiles of (estimated - reference)
-onset over notes matched by pitch within 150 ms (nearest first, one to one), the share of those outside 50 ms,
+onset over notes matched by pitch and onset within 150 ms (mir_eval's matching, as scored), the share of those outside 50 ms,
 onset F1 as scored (50 ms), and onset F1 with every estimated note moved by the shift that scores best (-60..+60 ms
 in 5 ms steps) with that shift. A best shift of a few ms says the conventions agree; a large one, that the split
 misjudges the system by its timing, not its hearing.
@@ -25,26 +25,9 @@ from collections import defaultdict
 import numpy as np
 
 from benchmarks.transcribe_compare import BasicPitch, Project, find_items, reference
-from training.metrics import note_metrics
+from training.metrics import note_errors, note_metrics
 
 SHIFTS_MS = np.arange(-60, 61, 5)
-
-
-def matched_onset_errors(ref_i: np.ndarray, ref_p: np.ndarray, notes: list[dict], window: float = 0.15) -> list[float]:
-    """(estimated - reference) onsets of one-to-one pairs of the same pitch within ``window`` s, closest first."""
-    pairs = []
-    for j, n in enumerate(notes):
-        for k in np.flatnonzero(ref_p == int(n["pitch"])):
-            d = float(n["onset"]) - float(ref_i[k, 0])
-            if abs(d) <= window:
-                pairs.append((abs(d), d, j, k))
-    used_e, used_r, out = set(), set(), []
-    for _, d, j, k in sorted(pairs):
-        if j not in used_e and k not in used_r:
-            used_e.add(j)
-            used_r.add(k)
-            out.append(d)
-    return out
 
 
 def shifted(notes: list[dict], s: float) -> list[dict]:
@@ -74,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, system in systems:
             out = system.run(item.audio, None)
             ref_i, ref_p = reference(item, out.seconds)
-            errs = matched_onset_errors(ref_i, ref_p, out.notes)
+            errs = note_errors(ref_i, ref_p, out.notes, onset_tolerance=0.15)["onset_errors"]
             row = np.array([[note_metrics(ref_i, ref_p, shifted(out.notes, s / 1000))["note_recall"] * len(ref_p),
                              len(out.notes), len(ref_p)] for s in SHIFTS_MS])
             for g in groups:

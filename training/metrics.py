@@ -160,9 +160,9 @@ def pearson_r(pairs: list[tuple[float, float]]) -> float:
 HARMONIC_INTERVALS = OVERTONE_INTERVALS[:3]  # an octave, a twelfth, two octaves above a sounding note
 
 
-def note_errors(ref_i: np.ndarray, ref_p: np.ndarray, notes: list[dict]) -> dict:
-    """Where the notes go wrong (the transcriber issue's diagnostics): offset error of notes matched on onset
-    (mir_eval, 50 ms), and every unmatched estimate in one class, first that applies: ``harmonic`` (an octave,
+def note_errors(ref_i: np.ndarray, ref_p: np.ndarray, notes: list[dict], onset_tolerance: float = 0.05) -> dict:
+    """Where the notes go wrong (the transcriber issue's diagnostics): onset and offset error of notes matched on
+    onset and pitch (mir_eval, within ``onset_tolerance``, 50 ms as scored), and every unmatched estimate in one class, first that applies: ``harmonic`` (an octave,
     twelfth or double octave above a reference note sounding at its onset), ``fragment`` (its pitch is already
     sounding in the reference: a held note cut in two), ``short`` (under 100 ms), ``other``."""
     import mir_eval
@@ -170,8 +170,8 @@ def note_errors(ref_i: np.ndarray, ref_p: np.ndarray, notes: list[dict]) -> dict
     est_i = np.array([[n["onset"], max(n["offset"], n["onset"] + 1e-3)] for n in notes]).reshape(-1, 2)
     est_p = np.array([n["pitch"] for n in notes], dtype=np.float64)
     hz = lambda m: 440.0 * 2 ** ((np.asarray(m, dtype=np.float64) - 69) / 12)
-    matched = mir_eval.transcription.match_notes(ref_i, hz(ref_p), est_i, hz(est_p), offset_ratio=None) \
-        if len(ref_p) and len(est_p) else []
+    matched = mir_eval.transcription.match_notes(ref_i, hz(ref_p), est_i, hz(est_p), onset_tolerance=onset_tolerance,
+                                                 offset_ratio=None) if len(ref_p) and len(est_p) else []
     offset_err = [float(est_i[e, 1] - ref_i[r, 1]) for r, e in matched]
     onset_err = [float(est_i[e, 0] - ref_i[r, 0]) for r, e in matched]
     unmatched = sorted(set(range(len(est_p))) - {e for _, e in matched})

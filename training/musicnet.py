@@ -33,7 +33,6 @@ from models.cli import add_arguments as add_transcribe_arguments
 from models.cli import run as run_transcribe
 from models.inference import DEFAULT_CHECKPOINT, load_audio, transcribe_file  # noqa: F401 - moved there, importable here
 from models.transcription import (
-    OVERTONE_INTERVALS,
     REONSET_KEY,
     decode_notes,
     decoding_defaults,
@@ -56,6 +55,7 @@ from training.loop import (
     unwrap,
     wrap_ddp,
 )
+from training.metrics import HARMONIC_INTERVALS
 
 DEFAULT_DATA = "/work/data/musicnet-rendered"
 
@@ -282,7 +282,7 @@ def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
     return cfg.lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def harmonic_negatives(targets: torch.Tensor, intervals: tuple[int, ...] = OVERTONE_INTERVALS[:3]) -> torch.Tensor:
+def harmonic_negatives(targets: torch.Tensor, intervals: tuple[int, ...] = HARMONIC_INTERVALS) -> torch.Tensor:
     """Cells of (B, frames, 88, heads) targets that are off while the key an octave, a twelfth or two octaves
     below is on in the same frame and head: where a low reed's overtones fool a transcriber into false notes."""
     on = targets > 0.5
